@@ -1,0 +1,1 @@
+"""Adapters for Hugging Face transformers' EdgeTAM (`transformers.models.edgetam_video`)."""
