@@ -19,7 +19,9 @@ from . import reference
 ENV_VAR = "EDGETAM_KERNELS_BACKEND"
 NAMES = ("reference", "cpu", "triton", "metal")
 # Preferred backend per device type when backend="auto"; the reference is always the last resort.
-AUTO_ORDER = {"cpu": ("triton_interpret", "cpu"), "cuda": ("triton",), "mps": ("metal",)}
+# Triton's interpreter (TRITON_INTERPRET=1, CPU tensors) is a correctness tool far slower than the
+# reference, so "auto" never picks it; backend="triton" runs it explicitly.
+AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton",), "mps": ("metal",)}
 
 
 class BackendUnavailable(RuntimeError):
@@ -100,10 +102,6 @@ def requested(backend: str) -> str:
     return backend
 
 
-def _triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _can_run(name: str, op: str, device_type: str, args: tuple) -> Optional[str]:
     reason = why_unavailable(name)
     if reason is not None:
@@ -123,12 +121,6 @@ def resolve(op: str, backend: str, device_type: str, args: tuple) -> Callable:
         return REFERENCE.kernels[op]
     if backend == "auto":
         for name in AUTO_ORDER.get(device_type, ()):
-            if name == "triton_interpret":
-                # The interpreter is a correctness tool, far slower than the reference: only
-                # chosen automatically when the user turned it on explicitly.
-                if not _triton_interpreting():
-                    continue
-                name = "triton"
             if _can_run(name, op, device_type, args) is None:
                 return _loaded[name].kernels[op]
         return REFERENCE.kernels[op]

@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+# No GPU: Triton kernels run (and are tested) in Triton's interpreter. It must be switched on
+# before any @triton.jit function is defined, hence here, before edgetam_kernels is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def _shim_torchvision():
     """PyPI's torchvision is a CUDA build whose C ops do not load beside a CPU torch; timm and
