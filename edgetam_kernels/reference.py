@@ -42,8 +42,11 @@ def rope_cos_sin(grid_h: int, grid_w: int, head_dim: int, theta: float, device=N
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (2i, 2i+1) of the last dim; computed in fp32, cast back."""
-    xf = x.float().reshape(*x.shape[:-1], -1, 2)
+    """Rotate interleaved pairs (2i, 2i+1) of the last dim; computed in fp32 (float64 stays
+    float64, so the float64 reference is exact and differentiable), cast back."""
+    work = torch.promote_types(x.dtype, torch.float32)
+    cos, sin = cos.to(work), sin.to(work)
+    xf = x.to(work).reshape(*x.shape[:-1], -1, 2)
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
     return out.flatten(-2).to(x.dtype)
