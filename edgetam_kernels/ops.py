@@ -94,6 +94,8 @@ def _rope_attention_op(
 ) -> Tensor:
     args = (q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale, compute_dtype)
     _checks.rope_attention(*args)
+    if q.numel() == 0 or v.shape[-1] == 0:  # nothing to compute; kernels never see empty work
+        return q.new_empty((*q.shape[:3], v.shape[3]))
     kernel = _registry.resolve("rope_attention", backend, q.device.type, args)
     return kernel(*args)
 
@@ -200,6 +202,8 @@ def _perceiver_attention_op(
     args = (latents, x, pos, ln_latents_w, ln_latents_b, ln_x_w, ln_x_b, w_q, w_kv, w_out,
             heads, eps)
     _checks.perceiver_attention(*args)
+    if latents.numel() == 0:
+        return torch.empty_like(latents)
     kernel = _registry.resolve("perceiver_attention", backend, latents.device.type, args)
     return kernel(*args)
 
@@ -269,6 +273,9 @@ def _spatial_perceiver_op(
     args = (x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth, heads, use_self_attn,
             eps)
     _checks.spatial_perceiver(*args, reference.params_per_layer(use_self_attn))
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        n = sum(t.shape[0] for t in (latents_1d, latents_2d) if t is not None)
+        return x.new_empty((x.shape[0], n, x.shape[1]))
     kernel = _registry.resolve("spatial_perceiver", backend, x.device.type, args)
     return kernel(*args)
 

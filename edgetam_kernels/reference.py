@@ -46,7 +46,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     float64, so the float64 reference is exact and differentiable), cast back."""
     work = torch.promote_types(x.dtype, torch.float32)
     cos, sin = cos.to(work), sin.to(work)
-    xf = x.to(work).reshape(*x.shape[:-1], -1, 2)
+    xf = x.to(work).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
     return out.flatten(-2).to(x.dtype)
