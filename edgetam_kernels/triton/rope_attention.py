@@ -1,0 +1,336 @@
+"""Flash attention with SAM 2 / EdgeTAM axial RoPE applied while q and k tiles are loaded.
+
+Math (reference.rope_attention): out = softmax(rope(q) rope(k)^T * scale) v.
+
+Layout of the work:
+- q and k are loaded as their even and odd halves (elements 2i and 2i+1) so that the rotation
+  of pair i is plain elementwise fp32 math, and q.k = q_even.k_even + q_odd.k_odd is two tl.dot
+  calls with K = D/2. Nothing is re-interleaved and no rotated copy of q or k is ever written.
+- cos/sin come from one tiny table T[p, j] = cos/sin(p * freq(j mod D/4)), p < max grid side,
+  built by torch with the reference's own fp32 ops (so angles are bit-identical to the reference,
+  and no in-kernel cos/sin of angles up to ~60 rad is needed, which on a GPU would use
+  approximate instructions). Pair j < D/4 of a token reads row `col`, pair j >= D/4 row `row`.
+  For 64x64 grids and D = 256 the table is 64 x 128 x 2 fp32 = 64 KB: cache resident.
+- Key rules are index arithmetic per key: the first `n_rope` keys form frames of `frame` tokens;
+  the first `n_front` tokens of each frame are not rotated, the rest sit on the k grid; keys past
+  `n_rope` (object pointers) are not rotated. Unrotated keys use cos = 1, sin = 0.
+- The rotation is done in fp32 and rounded to the input dtype (as the reference does), then to
+  the compute dtype; softmax statistics and accumulators are fp32 (exp2 with log2(e) folded
+  into the scale).
+- Flash-decoding split: at batch 1 with one head, 4096 queries give 32-64 query tiles, too few
+  for 132 SMs. The key range is cut into SPLITS contiguous chunks of whole key blocks; each
+  program writes its normalised partial output and log2-sum-exp, and a second small kernel
+  merges them. SPLITS = 1 writes the output directly (no workspace, one launch).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import reference
+from ._common import TL_DTYPE, dot, fp32_precision, interpreting, num_sms, pow2
+
+LOG2E = 1.4426950408889634
+AUTOTUNE_ENV = "EDGETAM_TRITON_AUTOTUNE"
+
+
+@triton.jit
+def _rope_tile(x0, x1, tab_ptr, tab_stride, sin_off, pos_col, pos_row, rot, j, D4, DH):
+    """Rotate the pairs (x0, x1) of a tile elementwise. pos_col / pos_row / rot broadcast along
+    the token axis and j along the pair axis (either order); rot False: cos 1, sin 0."""
+    p = tl.where(j < D4, pos_col, pos_row)
+    m = rot & (j < DH)
+    c = tl.load(tab_ptr + p * tab_stride + j, mask=m, other=1.0)
+    s = tl.load(tab_ptr + sin_off + p * tab_stride + j, mask=m, other=0.0)
+    return x0 * c - x1 * s, x0 * s + x1 * c
+
+
+@triton.jit
+def _rope_attn_fwd(
+    Q, K, V, O, TAB, PO, PLSE,
+    sqb, sqh, sqn, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    sob, soh, son, sod,
+    H, NQ, NK, D, DV,
+    q_w, k_w, frame, n_front, n_rope,
+    tab_stride, sin_off,
+    keys_per_split, qk_scale,
+    CDT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DH: tl.constexpr,
+    BLOCK_DV: tl.constexpr, SPLITS: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    split = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    IN_DT = Q.dtype.element_ty
+    DH = D // 2
+    D4 = D // 4
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    jh = tl.arange(0, BLOCK_DH)
+    jv = tl.arange(0, BLOCK_DV)
+    m_ok = offs_m < NQ
+
+    # q tile, rotated on the q grid; (BLOCK_M, BLOCK_DH) halves.
+    q_ptr = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+    q_ptr += offs_m[:, None].to(tl.int64) * sqn + (2 * jh)[None, :] * sqd
+    q_mask = m_ok[:, None] & (jh < DH)[None, :]
+    q0 = tl.load(q_ptr, mask=q_mask, other=0.0).to(tl.float32)
+    q1 = tl.load(q_ptr + sqd, mask=q_mask, other=0.0).to(tl.float32)
+    q0, q1 = _rope_tile(q0, q1, TAB, tab_stride, sin_off, (offs_m % q_w)[:, None],
+                        (offs_m // q_w)[:, None], m_ok[:, None], jh[None, :], D4, DH)
+    q0 = q0.to(IN_DT).to(CDT)
+    q1 = q1.to(IN_DT).to(CDT)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+
+    lo = split * keys_per_split
+    hi = tl.minimum(lo + keys_per_split, NK)
+    k_base = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < hi
+        # k tile loaded transposed, (BLOCK_DH, BLOCK_N), so tl.dot needs no transpose.
+        k_ptr = k_base + offs_n[None, :].to(tl.int64) * skn + (2 * jh)[:, None] * skd
+        k_mask = n_ok[None, :] & (jh < DH)[:, None]
+        k0 = tl.load(k_ptr, mask=k_mask, other=0.0).to(tl.float32)
+        k1 = tl.load(k_ptr + skd, mask=k_mask, other=0.0).to(tl.float32)
+        w = offs_n % frame
+        rot = (offs_n < n_rope) & (w >= n_front)
+        t = tl.where(rot, w - n_front, 0)
+        # Same rotation as for q, on the transposed tile (pairs on dim 0, tokens on dim 1).
+        k0, k1 = _rope_tile(k0, k1, TAB, tab_stride, sin_off, (t % k_w)[None, :],
+                            (t // k_w)[None, :], rot[None, :], jh[:, None], D4, DH)
+        k0 = k0.to(IN_DT).to(CDT)
+        k1 = k1.to(IN_DT).to(CDT)
+
+        qk = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        qk = dot(q0, k0, qk, PREC, INTERP)
+        qk = dot(q1, k1, qk, PREC, INTERP)
+        qk = tl.where(n_ok[None, :], qk * qk_scale, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        alpha = tl.exp2(m_i - m_new)
+        pr = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(pr, 1)
+        v_ptr = v_base + offs_n[:, None].to(tl.int64) * svn + jv[None, :] * svd
+        v = tl.load(v_ptr, mask=n_ok[:, None] & (jv < DV)[None, :], other=0.0).to(CDT)
+        acc = dot(pr.to(CDT), v, acc * alpha[:, None], PREC, INTERP)
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    if SPLITS == 1:
+        o_ptr = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+        o_ptr += offs_m[:, None].to(tl.int64) * son + jv[None, :] * sod
+        tl.store(o_ptr, out.to(O.dtype.element_ty), mask=m_ok[:, None] & (jv < DV)[None, :])
+    else:
+        # Partials: PO (SPLITS, B*H, NQ, DV) and PLSE (SPLITS, B*H, NQ), fp32, contiguous.
+        row = (split * tl.num_programs(1) + pid_bh).to(tl.int64) * NQ + offs_m
+        tl.store(PO + row[:, None] * DV + jv[None, :], out,
+                 mask=m_ok[:, None] & (jv < DV)[None, :])
+        tl.store(PLSE + row, m_i + tl.log2(l_i), mask=m_ok)
+
+
+@triton.jit
+def _merge_splits(
+    O, PO, PLSE, H, NQ, DV, sob, soh, son, sod,
+    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, SPLITS: tl.constexpr,
+):
+    """out = sum_s 2^(lse_s - lse) * out_s over the key splits, lse = log2 sum_s 2^lse_s."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    nbh = tl.num_programs(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    jv = tl.arange(0, BLOCK_DV)
+    m_ok = offs_m < NQ
+    mask = m_ok[:, None] & (jv < DV)[None, :]
+    lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for s in tl.static_range(SPLITS):
+        row = (s * nbh + pid_bh).to(tl.int64) * NQ + offs_m
+        lse_max = tl.maximum(lse_max, tl.load(PLSE + row, mask=m_ok, other=0.0))
+    total = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for s in tl.static_range(SPLITS):
+        row = (s * nbh + pid_bh).to(tl.int64) * NQ + offs_m
+        w = tl.exp2(tl.load(PLSE + row, mask=m_ok, other=0.0) - lse_max)
+        total += w
+        acc += w[:, None] * tl.load(PO + row[:, None] * DV + jv[None, :], mask=mask, other=0.0)
+    b = pid_bh // H
+    h = pid_bh % H
+    o_ptr = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+    o_ptr += offs_m[:, None].to(tl.int64) * son + jv[None, :] * sod
+    tl.store(o_ptr, (acc / total[:, None]).to(O.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launcher
+# ---------------------------------------------------------------------------------------------
+
+_TABLES: Dict[tuple, torch.Tensor] = {}
+
+
+def rope_table(side: int, head_dim: int, theta: float, device) -> torch.Tensor:
+    """(2, side, D/2) fp32: cos and sin of p * freq(j mod D/4) for positions p < side.
+
+    Built with the reference's functions so the angles are bit-identical to it. Cached per
+    (side, D, theta, device): a CUDA graph or a compiled model then reuses one tensor."""
+    key = (side, head_dim, float(theta), str(device))
+    tab = _TABLES.get(key)
+    if tab is None:
+        freqs = reference.rope_frequencies(head_dim, theta, device)
+        ang = torch.outer(torch.arange(side, device=device, dtype=torch.float32), freqs)
+        ang = torch.cat([ang, ang], dim=-1)
+        tab = torch.stack([torch.cos(ang), torch.sin(ang)]).contiguous()
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        _TABLES[key] = tab
+    return tab
+
+
+def _blocks(d: int, dv: int):
+    return pow2(d // 2), pow2(dv)
+
+
+def default_config(bh: int, n_q: int, n_k: int, d: int, dv: int, device) -> dict:
+    """Heuristic tile choice. In the interpreter: small tiles and 2 key splits whenever there
+    are 2+ key blocks, so the split + merge path is what the tests exercise."""
+    if device.type != "cuda" or interpreting():
+        bn = 32
+        return dict(BLOCK_M=32, BLOCK_N=bn, SPLITS=min(2, triton.cdiv(n_k, bn)),
+                    num_warps=4, num_stages=1)
+    bdh, bdv = _blocks(d, dv)
+    big = max(2 * bdh, bdv) >= 256
+    bm, bn = (64, 64) if big else (128, 64)
+    warps = 8 if big else 4
+    tiles = triton.cdiv(n_q, bm) * bh
+    k_blocks = triton.cdiv(n_k, bn)
+    # Enough programs for about one full wave over the SMs (2 CTAs per SM fit for these tiles).
+    splits = max(1, min(k_blocks, 8, triton.cdiv(2 * num_sms(device), tiles)))
+    return dict(BLOCK_M=bm, BLOCK_N=bn, SPLITS=splits, num_warps=warps, num_stages=2)
+
+
+def candidate_configs(bh, n_q, n_k, d, dv, device):
+    """The small autotune set: tiles that suit head dims 64 and 256 (EdgeTAM's perceiver and
+    memory attention) crossed with 1-4 key splits."""
+    bdh, bdv = _blocks(d, dv)
+    big = max(2 * bdh, bdv) >= 256
+    tiles = [(64, 64, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)] if big else \
+        [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 2)]
+    out = []
+    for bm, bn, warps, stages in tiles:
+        k_blocks = triton.cdiv(n_k, bn)
+        for splits in (1, 2, 3, 4):
+            if splits <= k_blocks:
+                out.append(dict(BLOCK_M=bm, BLOCK_N=bn, SPLITS=splits, num_warps=warps,
+                                num_stages=stages))
+    return out
+
+
+_TUNED: Dict[tuple, dict] = {}
+
+
+def _autotune_enabled(device) -> bool:
+    if device.type != "cuda" or interpreting():
+        return False
+    return os.environ.get(AUTOTUNE_ENV, "1") != "0"
+
+
+def _launch(q, k, v, out, tab, geo, qk_scale, cdt, cfg):
+    b, h, n_q, d = q.shape
+    n_k, dv = k.shape[2], v.shape[3]
+    bdh, bdv = _blocks(d, dv)
+    splits = cfg["SPLITS"]
+    k_blocks = triton.cdiv(n_k, cfg["BLOCK_N"])
+    per_split = triton.cdiv(k_blocks, splits) * cfg["BLOCK_N"]
+    splits = triton.cdiv(n_k, per_split)  # no empty split
+    if splits > 1:
+        po = torch.empty((splits, b * h, n_q, dv), device=q.device, dtype=torch.float32)
+        plse = torch.empty((splits, b * h, n_q), device=q.device, dtype=torch.float32)
+    else:
+        po = plse = out  # unused
+    grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), b * h, splits)
+    _rope_attn_fwd[grid](
+        q, k, v, out, tab, po, plse,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        h, n_q, n_k, d, dv,
+        geo["q_w"], geo["k_w"], geo["frame"], geo["n_front"], geo["n_rope"],
+        tab.stride(1), tab.stride(0),
+        per_split, qk_scale,
+        CDT=TL_DTYPE[cdt], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_DH=bdh,
+        BLOCK_DV=bdv, SPLITS=splits, PREC=fp32_precision(), INTERP=interpreting(),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if splits > 1:
+        bm = 64 if bdv <= 128 else 32
+        _merge_splits[(triton.cdiv(n_q, bm), b * h)](
+            out, po, plse, h, n_q, dv, *out.stride(),
+            BLOCK_M=bm, BLOCK_DV=bdv, SPLITS=splits, num_warps=4,
+        )
+
+
+def _tune(key, run, configs) -> dict:
+    from triton.testing import do_bench
+
+    best, best_t = None, math.inf
+    for cfg in configs:
+        try:
+            t = do_bench(lambda: run(cfg), warmup=3, rep=10)
+        except Exception:  # noqa: BLE001 - a config that does not compile (e.g. out of smem)
+            continue
+        if t < best_t:
+            best, best_t = cfg, t
+    _TUNED[key] = best
+    return best
+
+
+def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, theta=10000.0,
+                   scale=None, compute_dtype=None, *, config: Optional[dict] = None,
+                   out: Optional[torch.Tensor] = None):
+    """Same signature and result as reference.rope_attention. Keyword-only extras for tests
+    and benchmarks: `config` (tiles / splits, else tuned or heuristic), `out` (preallocated)."""
+    b, h, n_q, d = q.shape
+    n_k, dv = k.shape[2], v.shape[3]
+    cdt = compute_dtype if compute_dtype is not None else q.dtype
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    n_rope = n_k - num_k_exclude_rope
+    if n_rope > 0:
+        frame = n_rope // k_repeat
+        n_front = frame - k_grid[0] * k_grid[1]
+        side = max(q_grid[0], q_grid[1], k_grid[0], k_grid[1], 1)
+    else:
+        frame, n_front = 1, 0
+        side = max(q_grid[0], q_grid[1], 1)
+    geo = dict(q_w=max(q_grid[1], 1), k_w=max(k_grid[1], 1), frame=frame, n_front=n_front,
+               n_rope=n_rope)
+    tab = rope_table(side, d, theta, q.device)
+    if out is None:
+        out = torch.empty((b, h, n_q, dv), device=q.device, dtype=q.dtype)
+    qk_scale = float(scale) * LOG2E
+
+    def run(cfg):
+        _launch(q, k, v, out, tab, geo, qk_scale, cdt, cfg)
+
+    if config is None:
+        key = (str(q.device), b * h, n_q, n_k, d, dv, q.dtype, cdt, fp32_precision())
+        config = _TUNED.get(key)
+        if config is None:
+            capturing = q.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+            if _autotune_enabled(q.device) and not capturing:
+                config = _tune(key, run, candidate_configs(b * h, n_q, n_k, d, dv, q.device))
+            if config is None:
+                config = default_config(b * h, n_q, n_k, d, dv, q.device)
+    run(config)
+    return out
