@@ -1,0 +1,100 @@
+"""Build the model and load Meta's checkpoint layout (`edgetam.pt`: {"model": state_dict})."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+import zipfile
+from typing import Mapping, Optional, Union
+
+import torch
+
+from .model import EdgeTAM
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoint is missing, unreadable, or not an EdgeTAM checkpoint."""
+
+
+def _summarize(keys, n: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def read_state_dict(checkpoint: Union[str, os.PathLike, Mapping]) -> Mapping[str, torch.Tensor]:
+    """The model state dict in `checkpoint` (a path, or an already loaded dict)."""
+    if isinstance(checkpoint, Mapping):
+        obj = checkpoint
+        where = "the given checkpoint dict"
+    else:
+        path = os.fspath(checkpoint)
+        where = path
+        if not os.path.exists(path):
+            raise CheckpointError(
+                f"checkpoint not found: {path}. EdgeTAM's weights are published by Meta as "
+                f"edgetam.pt (github.com/facebookresearch/EdgeTAM, checkpoints/)")
+        if os.path.isdir(path):
+            raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError,
+                ValueError, OSError) as e:
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:200]} "
+                f"(is the file complete? expected a torch.save'd dict with key 'model')") from e
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{where} holds no state dict: expected {{'model': {{name: tensor}}}} "
+            f"(Meta's edgetam.pt layout) or a plain state dict")
+    return obj
+
+
+def load_weights(model: EdgeTAM, checkpoint) -> EdgeTAM:
+    """Load Meta's EdgeTAM weights into `model` strictly (every name and shape must match)."""
+    sd = read_state_dict(checkpoint)
+    own = model.state_dict()
+    missing = set(own) - set(sd)
+    unexpected = set(sd) - set(own)
+    if missing or unexpected:
+        hint = ""
+        if any(k.startswith("image_encoder.trunk.") and ".blocks." in k for k in unexpected) or \
+                any("trunk.body" not in k for k in unexpected if k.startswith("image_encoder.trunk")):
+            hint = " (a SAM 2 / Hiera checkpoint, or another backbone?)"
+        if len(missing) > len(own) // 2:
+            hint = hint or " (this does not look like an EdgeTAM checkpoint)"
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_summarize(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_summarize(unexpected)}")
+        raise CheckpointError("checkpoint does not match EdgeTAM" + hint + "; " + "; ".join(parts))
+    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+           if tuple(sd[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint shapes do not match EdgeTAM at image_size={model.image_size}: "
+            f"{len(bad)} tensors, e.g. {'; '.join(bad[:3])}")
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def load(checkpoint: Optional[Union[str, os.PathLike, Mapping]] = None, image_size: int = 1024,
+         device: Union[str, torch.device] = "cpu", backend: str = "auto") -> EdgeTAM:
+    """Build EdgeTAM for `image_size` (1024 is the trained size; 512 is faster) in eval mode.
+
+    checkpoint: path to Meta's `edgetam.pt` (or a state dict); None gives random weights, with
+    a warning (useful for timings and tests only). backend: the edgetam_kernels backend for the
+    perceiver and memory attention.
+    """
+    model = EdgeTAM(image_size=image_size)
+    if checkpoint is None:
+        warnings.warn("edgetam.load(): no checkpoint given, the weights are RANDOM: masks are "
+                      "meaningless (use it for timings and tests)", stacklevel=2)
+    else:
+        load_weights(model, checkpoint)
+    model.set_backend(backend)
+    return model.to(device).eval()
