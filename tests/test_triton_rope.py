@@ -81,9 +81,12 @@ def test_half_inputs(dtype):
     q, k, v, kw = make(2, 2, (5, 7), (2, 2), 3, 2, 5, 32, dtype=dtype)
     out = run(q, k, v, kw)
     assert out.dtype == dtype
-    # Probabilities are rounded to the compute dtype for the P.V product (as flash attention
-    # does on tensor cores), so the error is ~2-3x that of CPU SDPA in bf16; well inside 1.6e-2.
-    assert_close(out, ref64(q, k, v, kw), dtype, str(dtype))
+    err = assert_close(out, ref64(q, k, v, kw), dtype, str(dtype))
+    # and about what the reference itself achieves in that dtype (a truncating instead of
+    # rounding cast, as the interpreter does for bf16 by default, lands at ~3x)
+    own = rel_l2(reference.rope_attention(q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                                          kw["num_k_exclude_rope"]), ref64(q, k, v, kw))
+    assert err < 1.5 * own + 1e-4
 
 
 @pytest.mark.parametrize("cdt", [torch.float16, torch.bfloat16, torch.float32])
@@ -115,8 +118,12 @@ def test_tiles_and_key_splits(cfg):
     assert_close(out, ref64(q, k, v, kw), torch.float32, str(cfg))
 
 
-def test_every_output_element_written():
-    """Poison a preallocated output; every element must be overwritten with the right value."""
+def test_every_output_element_written(monkeypatch):
+    """Poison a preallocated output; every element must be overwritten with the right value.
+    Also poison every buffer the launcher allocates (split partials)."""
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty",
+                        lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
     q, k, v, kw = make(2, 2, (5, 7), (2, 2), 3, 2, 5, 32)
     for splits in (1, 2):
         out = torch.full((2, 2, 35, 32), float("nan"), device=DEV)

@@ -69,3 +69,15 @@ def dot(a, b, acc, PREC: tl.constexpr, INTERP: tl.constexpr):
         return tl.dot(a, b, acc, input_precision=PREC)
     else:
         return tl.dot(a, b, acc)
+
+
+@triton.jit
+def cast(x, DT: tl.constexpr, INTERP: tl.constexpr):
+    """x.to(DT) with round-to-nearest-even, also in the interpreter: its fp32 -> bf16
+    conversion truncates, which biases every rounding toward zero (a GPU rounds to nearest)."""
+    if INTERP and DT == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+    else:
+        return x.to(DT)

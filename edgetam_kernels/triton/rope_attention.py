@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from ._common import TL_DTYPE, dot, fp32_precision, interpreting, num_sms, pow2
+from ._common import TL_DTYPE, cast, dot, fp32_precision, interpreting, num_sms, pow2
 
 LOG2E = 1.4426950408889634
 AUTOTUNE_ENV = "EDGETAM_TRITON_AUTOTUNE"
@@ -88,8 +88,8 @@ def _rope_attn_fwd(
     q1 = tl.load(q_ptr + sqd, mask=q_mask, other=0.0).to(tl.float32)
     q0, q1 = _rope_tile(q0, q1, TAB, tab_stride, sin_off, (offs_m % q_w)[:, None],
                         (offs_m // q_w)[:, None], m_ok[:, None], jh[None, :], D4, DH)
-    q0 = q0.to(IN_DT).to(CDT)
-    q1 = q1.to(IN_DT).to(CDT)
+    q0 = cast(cast(q0, IN_DT, INTERP).to(tl.float32), CDT, INTERP)
+    q1 = cast(cast(q1, IN_DT, INTERP).to(tl.float32), CDT, INTERP)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -113,8 +113,8 @@ def _rope_attn_fwd(
         # Same rotation as for q, on the transposed tile (pairs on dim 0, tokens on dim 1).
         k0, k1 = _rope_tile(k0, k1, TAB, tab_stride, sin_off, (t % k_w)[None, :],
                             (t // k_w)[None, :], rot[None, :], jh[:, None], D4, DH)
-        k0 = k0.to(IN_DT).to(CDT)
-        k1 = k1.to(IN_DT).to(CDT)
+        k0 = cast(cast(k0, IN_DT, INTERP).to(tl.float32), CDT, INTERP)
+        k1 = cast(cast(k1, IN_DT, INTERP).to(tl.float32), CDT, INTERP)
 
         qk = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         qk = dot(q0, k0, qk, PREC, INTERP)
@@ -126,15 +126,16 @@ def _rope_attn_fwd(
         pr = tl.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(pr, 1)
         v_ptr = v_base + offs_n[:, None].to(tl.int64) * svn + jv[None, :] * svd
-        v = tl.load(v_ptr, mask=n_ok[:, None] & (jv < DV)[None, :], other=0.0).to(CDT)
-        acc = dot(pr.to(CDT), v, acc * alpha[:, None], PREC, INTERP)
+        v = tl.load(v_ptr, mask=n_ok[:, None] & (jv < DV)[None, :], other=0.0)
+        v = cast(v.to(tl.float32), CDT, INTERP)
+        acc = dot(cast(pr, CDT, INTERP), v, acc * alpha[:, None], PREC, INTERP)
         m_i = m_new
 
     out = acc / l_i[:, None]
     if SPLITS == 1:
         o_ptr = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
         o_ptr += offs_m[:, None].to(tl.int64) * son + jv[None, :] * sod
-        tl.store(o_ptr, out.to(O.dtype.element_ty), mask=m_ok[:, None] & (jv < DV)[None, :])
+        tl.store(o_ptr, cast(out, O.dtype.element_ty, INTERP), mask=m_ok[:, None] & (jv < DV)[None, :])
     else:
         # Partials: PO (SPLITS, B*H, NQ, DV) and PLSE (SPLITS, B*H, NQ), fp32, contiguous.
         row = (split * tl.num_programs(1) + pid_bh).to(tl.int64) * NQ + offs_m
@@ -146,7 +147,7 @@ def _rope_attn_fwd(
 @triton.jit
 def _merge_splits(
     O, PO, PLSE, H, NQ, DV, sob, soh, son, sod,
-    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, SPLITS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, SPLITS: tl.constexpr, INTERP: tl.constexpr,
 ):
     """out = sum_s 2^(lse_s - lse) * out_s over the key splits, lse = log2 sum_s 2^lse_s."""
     pid_m = tl.program_id(0)
@@ -171,7 +172,7 @@ def _merge_splits(
     h = pid_bh % H
     o_ptr = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
     o_ptr += offs_m[:, None].to(tl.int64) * son + jv[None, :] * sod
-    tl.store(o_ptr, (acc / total[:, None]).to(O.dtype.element_ty), mask=mask)
+    tl.store(o_ptr, cast(acc / total[:, None], O.dtype.element_ty, INTERP), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +277,7 @@ def _launch(q, k, v, out, tab, geo, qk_scale, cdt, cfg):
         bm = 64 if bdv <= 128 else 32
         _merge_splits[(triton.cdiv(n_q, bm), b * h)](
             out, po, plse, h, n_q, dv, *out.stride(),
-            BLOCK_M=bm, BLOCK_DV=bdv, SPLITS=splits, num_warps=4,
+            BLOCK_M=bm, BLOCK_DV=bdv, SPLITS=splits, INTERP=interpreting(), num_warps=4,
         )
 
 

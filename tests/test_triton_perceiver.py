@@ -1,0 +1,218 @@
+"""Triton perceiver kernels vs the float64 reference (TRITON_INTERPRET=1 without a GPU)."""
+
+import pytest
+import torch
+
+import edgetam_kernels as ek
+from edgetam_kernels import _registry, reference
+from edgetam_kernels.testing import TOLERANCE, assert_close, rel_l2, to64
+
+pytestmark = pytest.mark.skipif(
+    _registry.why_unavailable("triton") is not None,
+    reason=f"triton backend unavailable: {_registry.why_unavailable('triton')}",
+)
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def layer_weights(c, inner, hidden, self_attn, dtype, inner_s=None):
+    g = dict(dtype=dtype, device=DEV)
+    inner_s = inner if inner_s is None else inner_s
+
+    def ln():
+        return [1 + 0.1 * torch.randn(c, **g), 0.1 * torch.randn(c, **g)]
+
+    def lin(o, i):
+        return torch.randn(o, i, **g) / i**0.5
+
+    ws = ln() + ln() + [lin(inner, c), lin(2 * inner, c), lin(c, inner)]
+    ws += ln() + [lin(hidden, c), lin(c, hidden)]
+    if self_attn:
+        ws += ln() + [lin(inner_s, c), lin(2 * inner_s, c), lin(c, inner_s)]
+        ws += ln() + [lin(hidden, c), lin(c, hidden)]
+    return ws
+
+
+def perceiver_inputs(b=2, c=16, grid=8, l1=8, l2=4, depth=2, self_attn=True, with_pos=True,
+                     dtype=torch.float32, hidden=None, inner=None):
+    g = dict(dtype=dtype, device=DEV)
+    x = torch.randn(b, c, grid, grid, **g)
+    pos = torch.randn(b, c, grid, grid, **g) if with_pos else None
+    ws = []
+    for _ in range(depth):
+        ws += layer_weights(c, inner or c, hidden or 4 * c, self_attn, dtype)
+    lat1 = torch.randn(l1, c, **g) if l1 else None
+    lat2 = torch.randn(l2, c, **g) if l2 else None
+    norm = (1 + 0.1 * torch.randn(c, **g), 0.1 * torch.randn(c, **g))
+    return (x, pos, lat1, lat2, ws, *norm), dict(depth=depth, use_self_attn=self_attn)
+
+
+def sp_ref(args, kw, heads=1):
+    return reference.spatial_perceiver(*to64(args), kw["depth"], heads, kw["use_self_attn"])
+
+
+def sp_run(args, kw, heads=1):
+    return ek.spatial_perceiver(*args, heads=heads, backend="triton", **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# perceiver_attention
+# ---------------------------------------------------------------------------------------------
+
+
+def pa_inputs(b=2, l=20, n=37, c=16, inner=32, pos_batch=1, dtype=torch.float32):
+    g = dict(dtype=dtype, device=DEV)
+    lat = torch.randn(b, l, c, **g)
+    x = torch.randn(b, n, c, **g)
+    pos = torch.randn(pos_batch, n, inner, **g) if pos_batch else None
+    return (lat, x, pos, *layer_weights(c, inner, 4 * c, False, dtype)[:7])
+
+
+@pytest.mark.parametrize("heads,pos_batch", [(1, 1), (2, 2), (1, 0), (4, 1)])
+def test_perceiver_attention_fp32(heads, pos_batch):
+    args = pa_inputs(pos_batch=pos_batch)
+    out = ek.perceiver_attention(*args, heads=heads, backend="triton")
+    assert out.shape == args[0].shape and out.dtype == torch.float32
+    assert_close(out, reference.perceiver_attention(*to64(args), heads=heads), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_perceiver_attention_half(dtype):
+    args = pa_inputs(dtype=dtype)
+    out = ek.perceiver_attention(*args, backend="triton")
+    ref = reference.perceiver_attention(*to64(args))
+    err = assert_close(out, ref, dtype)
+    own = rel_l2(reference.perceiver_attention(*args), ref)
+    assert err < 1.5 * own + 1e-4
+
+
+def test_perceiver_attention_non_contiguous():
+    lat, x, pos, *ws = pa_inputs(n=30, c=16)
+    x = x.transpose(1, 2).contiguous().transpose(1, 2)      # (B, N, C) with channel stride N
+    lat = torch.randn(2, 16, 20, device=DEV).transpose(1, 2)  # (B, L, C) strided
+    w_kv = ws[5].t().contiguous().t()                         # a transposed weight
+    args = (lat, x, pos, *ws[:5], w_kv, ws[6])
+    out = ek.perceiver_attention(*args, backend="triton")
+    assert_close(out, reference.perceiver_attention(*to64(args)), torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# spatial_perceiver
+# ---------------------------------------------------------------------------------------------
+
+SP_CASES = [
+    dict(c=16, grid=8, l1=8, l2=4),                     # 2x2 windows of 4x4 tokens
+    dict(c=32, grid=12, l1=16, l2=16),                  # 4x4 windows of 3x3 tokens
+    dict(c=16, grid=8, l1=8, l2=16, self_attn=False),   # cross-attention layers only
+    dict(c=16, grid=12, l1=0, l2=16),                   # patch latents only
+    dict(c=32, grid=8, l1=20, l2=0),                    # global latents only (20: 2 blocks)
+    dict(c=16, grid=8, l1=8, l2=4, with_pos=False, depth=1),
+    dict(c=16, grid=8, l1=8, l2=4, hidden=40, inner=24),  # non-power-of-two widths
+]
+
+
+@pytest.mark.parametrize("case", SP_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_spatial_perceiver_fp32(case):
+    args, kw = perceiver_inputs(**case)
+    if case.get("inner", 16) != case["c"] and args[1] is not None:
+        args = (args[0], None, *args[2:])  # pos needs inner == channels
+    out = sp_run(args, kw)
+    assert out.shape == (2, case["l1"] + case["l2"], case["c"]) and out.dtype == torch.float32
+    assert_close(out, sp_ref(args, kw), torch.float32, str(case))
+
+
+def test_spatial_perceiver_two_heads():
+    args, kw = perceiver_inputs(c=32, grid=8, l1=8, l2=4)
+    assert_close(sp_run(args, kw, heads=2), sp_ref(args, kw, heads=2), torch.float32)
+
+
+def test_spatial_perceiver_edgetam_widths():
+    """EdgeTAM's channel widths (64, hidden 256) on a 16x16 memory with 4x4 windows."""
+    args, kw = perceiver_inputs(b=1, c=64, grid=16, l1=16, l2=16)
+    assert_close(sp_run(args, kw), sp_ref(args, kw), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_spatial_perceiver_half(dtype):
+    args, kw = perceiver_inputs(c=32, grid=8, l1=16, l2=16, dtype=dtype)
+    out = sp_run(args, kw)
+    assert out.dtype == dtype
+    ref = sp_ref(args, kw)
+    err = assert_close(out, ref, dtype)
+    own = rel_l2(reference.spatial_perceiver(*args, 2, 1, True), ref)
+    assert err < 1.5 * own + 1e-4
+
+
+def test_spatial_perceiver_strided_memory():
+    """x and pos in channels-last storage and pos broadcast over the batch."""
+    args, kw = perceiver_inputs(c=16, grid=8, l1=8, l2=4)
+    x = args[0].to(memory_format=torch.channels_last)
+    pos = args[1][:1].to(memory_format=torch.channels_last)
+    args = (x, pos, *args[2:])
+    assert_close(sp_run(args, kw), sp_ref(args, kw), torch.float32)
+
+
+def test_every_buffer_poisoned(monkeypatch):
+    """All buffers the launchers allocate start as NaN: any element not written (or read
+    before it is written) would show up in the output."""
+    args, kw = perceiver_inputs(c=16, grid=12, l1=20, l2=16)
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
+    monkeypatch.setattr(torch, "empty_like",
+                        lambda t, **k: real_empty(t.shape, dtype=t.dtype, device=t.device)
+                        .fill_(float("nan")))
+    out = sp_run(args, kw)
+    assert not torch.isnan(out).any()
+    assert_close(out, sp_ref(args, kw), torch.float32)
+    pa = pa_inputs()
+    assert_close(ek.perceiver_attention(*pa, backend="triton"),
+                 reference.perceiver_attention(*to64(pa)), torch.float32)
+
+
+def test_nan_propagates():
+    """A NaN memory token poisons every global latent and only the patch latent whose window
+    holds it."""
+    args, kw = perceiver_inputs(b=1, c=16, grid=8, l1=8, l2=4, depth=1)
+    args[0][0, 3, 1, 6] = float("nan")   # window (0, 1) of the 2x2 window grid
+    out = sp_run(args, kw)
+    ref = sp_ref(args, kw)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    assert torch.isnan(out[0, :8]).all()
+    assert torch.isnan(out[0, 9]).all()
+    assert not torch.isnan(out[0, [8, 10, 11]]).any()
+
+
+def test_wrong_window_would_fail():
+    """The tolerance separates right from wrong: column-major windows are far outside it."""
+    args, kw = perceiver_inputs(b=1, c=16, grid=8, l1=0, l2=4, with_pos=False)
+    out = sp_run(args, kw)
+    wrong = sp_ref((args[0].transpose(2, 3), *args[1:]), kw)
+    assert rel_l2(out, wrong) > 100 * TOLERANCE[torch.float32]
+
+
+def test_refusals():
+    args, kw = perceiver_inputs(c=16, grid=8, l1=8, l2=4, dtype=torch.float64)
+    with pytest.raises(ek.BackendUnavailable, match="float64"):
+        sp_run(args, kw)
+
+
+def test_opcheck_and_compile():
+    args, kw = perceiver_inputs(b=1, c=16, grid=8, l1=8, l2=4, depth=1)
+    x, pos, l1, l2, ws, nw, nb = args
+    torch.library.opcheck(
+        torch.ops.edgetam.spatial_perceiver.default,
+        (x, pos, l1, l2, ws, nw, nb, 1, 1, True, 1e-5, "triton"),
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
+    pa = pa_inputs(b=1, l=16, n=24)
+    torch.library.opcheck(torch.ops.edgetam.perceiver_attention.default,
+                          (*pa, 1, 1e-5, "triton"),
+                          test_utils=("test_schema", "test_faketensor"))
+
+    def f(x, pos):
+        return ek.spatial_perceiver(x * 1.0, pos, l1, l2, ws, nw, nb, depth=1,
+                                    backend="triton") + 1.0
+
+    torch._dynamo.reset()
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(x, pos)
+    assert_close(out - 1.0, sp_ref(args, kw), torch.float32, "compiled")
