@@ -18,9 +18,10 @@ Layout of the work:
   the compute dtype; softmax statistics and accumulators are fp32 (exp2 with log2(e) folded
   into the scale).
 - Flash-decoding split: at batch 1 with one head, 4096 queries give 32-64 query tiles, too few
-  for 132 SMs. The key range is cut into SPLITS contiguous chunks of whole key blocks; each
+  for 132 SMs. The key range is cut into `splits` contiguous chunks of whole key blocks; each
   program writes its normalised partial output and log2-sum-exp, and a second small kernel
-  merges them. SPLITS = 1 writes the output directly (no workspace, one launch).
+  merges them. One split writes the output directly (no workspace, one launch). The split
+  count is a run-time argument, so autotuning over it costs no extra compilation.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _rope_attn_fwd(
     keys_per_split, qk_scale,
     CDT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DH: tl.constexpr,
-    BLOCK_DV: tl.constexpr, SPLITS: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_DV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -132,12 +133,12 @@ def _rope_attn_fwd(
         m_i = m_new
 
     out = acc / l_i[:, None]
-    if SPLITS == 1:
+    if not SPLIT:
         o_ptr = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
         o_ptr += offs_m[:, None].to(tl.int64) * son + jv[None, :] * sod
         tl.store(o_ptr, cast(out, O.dtype.element_ty, INTERP), mask=m_ok[:, None] & (jv < DV)[None, :])
     else:
-        # Partials: PO (SPLITS, B*H, NQ, DV) and PLSE (SPLITS, B*H, NQ), fp32, contiguous.
+        # Partials: PO (splits, B*H, NQ, DV) and PLSE (splits, B*H, NQ), fp32, contiguous.
         row = (split * tl.num_programs(1) + pid_bh).to(tl.int64) * NQ + offs_m
         tl.store(PO + row[:, None] * DV + jv[None, :], out,
                  mask=m_ok[:, None] & (jv < DV)[None, :])
@@ -146,8 +147,8 @@ def _rope_attn_fwd(
 
 @triton.jit
 def _merge_splits(
-    O, PO, PLSE, H, NQ, DV, sob, soh, son, sod,
-    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, SPLITS: tl.constexpr, INTERP: tl.constexpr,
+    O, PO, PLSE, H, NQ, DV, sob, soh, son, sod, n_splits,
+    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, INTERP: tl.constexpr,
 ):
     """out = sum_s 2^(lse_s - lse) * out_s over the key splits, lse = log2 sum_s 2^lse_s."""
     pid_m = tl.program_id(0)
@@ -158,12 +159,12 @@ def _merge_splits(
     m_ok = offs_m < NQ
     mask = m_ok[:, None] & (jv < DV)[None, :]
     lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    for s in tl.static_range(SPLITS):
+    for s in range(n_splits):
         row = (s * nbh + pid_bh).to(tl.int64) * NQ + offs_m
         lse_max = tl.maximum(lse_max, tl.load(PLSE + row, mask=m_ok, other=0.0))
     total = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    for s in tl.static_range(SPLITS):
+    for s in range(n_splits):
         row = (s * nbh + pid_bh).to(tl.int64) * NQ + offs_m
         w = tl.exp2(tl.load(PLSE + row, mask=m_ok, other=0.0) - lse_max)
         total += w
@@ -190,10 +191,15 @@ def rope_table(side: int, head_dim: int, theta: float, device) -> torch.Tensor:
     key = (side, head_dim, float(theta), str(device))
     tab = _TABLES.get(key)
     if tab is None:
+        # Built inside a CUDA graph capture, the table lives in the graph's private pool:
+        # recompute it in the graph rather than cache memory the graph may release.
+        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
         freqs = reference.rope_frequencies(head_dim, theta, device)
         ang = torch.outer(torch.arange(side, device=device, dtype=torch.float32), freqs)
         ang = torch.cat([ang, ang], dim=-1)
         tab = torch.stack([torch.cos(ang), torch.sin(ang)]).contiguous()
+        if capturing:
+            return tab
         if len(_TABLES) > 64:
             _TABLES.clear()
         _TABLES[key] = tab
@@ -270,14 +276,14 @@ def _launch(q, k, v, out, tab, geo, qk_scale, cdt, cfg):
         tab.stride(1), tab.stride(0),
         per_split, qk_scale,
         CDT=TL_DTYPE[cdt], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_DH=bdh,
-        BLOCK_DV=bdv, SPLITS=splits, PREC=fp32_precision(), INTERP=interpreting(),
+        BLOCK_DV=bdv, SPLIT=splits > 1, PREC=fp32_precision(), INTERP=interpreting(),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:
         bm = 64 if bdv <= 128 else 32
         _merge_splits[(triton.cdiv(n_q, bm), b * h)](
-            out, po, plse, h, n_q, dv, *out.stride(),
-            BLOCK_M=bm, BLOCK_DV=bdv, SPLITS=splits, INTERP=interpreting(), num_warps=4,
+            out, po, plse, h, n_q, dv, *out.stride(), splits,
+            BLOCK_M=bm, BLOCK_DV=bdv, INTERP=interpreting(), num_warps=4,
         )
 
 
