@@ -48,11 +48,11 @@ class BindError(ValueError):
     pass
 
 
-def preprocess(metal: Path, defines=()) -> str:
+def preprocess(metal: Path, metal_version: int = 310) -> str:
     with tempfile.TemporaryDirectory() as inc:
         (Path(inc) / "metal_stdlib").write_text("")
         cmd = ["g++", "-E", "-P", "-x", "c++", "-I", inc, "-I", str(metal.parent),
-               "-D__METAL_VERSION__=310", *[f"-D{d}" for d in defines], str(metal)]
+               f"-D__METAL_VERSION__={metal_version}", str(metal)]
         return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
@@ -142,7 +142,7 @@ def glue(metal: Path, kernels: List[Kernel]) -> str:
                          f'{"true" if writable else "false"}, "{p.name}"}}')
             n += 1
         lines.append(f"void launch_{k.host_name}(void* const* a, const emu::ThreadIds& t) {{")
-        lines.append(f"  (void)a;\n  {k.function}({', '.join(args)});\n}}")
+        lines.append(f"  (void)a;\n  ::{k.function}({', '.join(args)});\n}}")
         lines.append(f'emu::Registrar reg_{k.host_name}("{k.host_name}", launch_{k.host_name}, '
                      f'{{{", ".join(infos)}}});')
     lines.append("}  // namespace")

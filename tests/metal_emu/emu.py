@@ -44,8 +44,12 @@ class EmuError(RuntimeError):
     pass
 
 
+SELFTEST = HERE / "selftest.metal"  # kernels testing the emulator itself
+
+
 def metal_files() -> List[Path]:
-    return sorted(KERNEL_DIR.glob("*.metal"))
+    """The shipped kernels, and the emulator's self-test kernels."""
+    return sorted(KERNEL_DIR.glob("*.metal")) + [SELFTEST]
 
 
 def cache_root() -> Path:

@@ -223,7 +223,7 @@ T dot(const metal_emu_detail::vec<T, N>& a, const metal_emu_detail::vec<T, N>& b
 
 // ---- simdgroup functions: every active lane must call them together (uniform control flow);
 // divergent calls are reported by the runtime instead of being emulated ----
-namespace emu_simd {
+namespace simd_detail_ {
 template <typename T>
 struct Lanes {
   T v[emu::kSimdWidth];
@@ -236,11 +236,11 @@ Lanes<T> gather(T x) {
   l.n = emu::simd_exchange(&x, sizeof(T), l.v);
   return l;
 }
-}  // namespace emu_simd
+}  // namespace simd_detail_
 
 template <typename T>
 T simd_sum(T x) {
-  auto l = emu_simd::gather(x);
+  auto l = simd_detail_::gather(x);
   // Pairwise tree over the lanes, the usual hardware reduction shape.
   T buf[emu::kSimdWidth];
   unsigned n = l.n;
@@ -254,28 +254,28 @@ T simd_sum(T x) {
 }
 template <typename T>
 T simd_max(T x) {
-  auto l = emu_simd::gather(x);
+  auto l = simd_detail_::gather(x);
   T m = l.v[0];
   for (unsigned i = 1; i < l.n; ++i) m = max(m, l.v[i]);
   return m;
 }
 template <typename T>
 T simd_min(T x) {
-  auto l = emu_simd::gather(x);
+  auto l = simd_detail_::gather(x);
   T m = l.v[0];
   for (unsigned i = 1; i < l.n; ++i) m = min(m, l.v[i]);
   return m;
 }
 template <typename T>
 T simd_prefix_exclusive_sum(T x) {
-  auto l = emu_simd::gather(x);
+  auto l = simd_detail_::gather(x);
   T s = T(0);
   for (unsigned i = 0; i < emu::lane_id(); ++i) s = s + l.v[i];
   return s;
 }
 template <typename T>
 T simd_prefix_inclusive_sum(T x) {
-  auto l = emu_simd::gather(x);
+  auto l = simd_detail_::gather(x);
   T s = T(0);
   for (unsigned i = 0; i <= emu::lane_id(); ++i) s = s + l.v[i];
   return s;
@@ -284,7 +284,7 @@ T simd_prefix_inclusive_sum(T x) {
 // emulator returns the caller's own value.
 template <typename T>
 T simd_shuffle(T x, ushort lane) {
-  auto l = emu_simd::gather(x);
+  auto l = simd_detail_::gather(x);
   return lane < l.n ? l.v[lane] : x;
 }
 template <typename T>
@@ -295,22 +295,22 @@ template <typename T>
 T simd_shuffle_xor(T x, ushort mask) { return simd_shuffle(x, ushort(emu::lane_id() ^ mask)); }
 template <typename T>
 T simd_shuffle_down(T x, ushort delta) {
-  auto l = emu_simd::gather(x);
+  auto l = simd_detail_::gather(x);
   unsigned src = emu::lane_id() + delta;
   return src < l.n ? l.v[src] : x;
 }
 template <typename T>
 T simd_shuffle_up(T x, ushort delta) {
-  auto l = emu_simd::gather(x);
+  auto l = simd_detail_::gather(x);
   return emu::lane_id() >= delta ? l.v[emu::lane_id() - delta] : x;
 }
 inline bool simd_all(bool b) {
-  auto l = emu_simd::gather(b);
+  auto l = simd_detail_::gather(b);
   for (unsigned i = 0; i < l.n; ++i) if (!l.v[i]) return false;
   return true;
 }
 inline bool simd_any(bool b) {
-  auto l = emu_simd::gather(b);
+  auto l = simd_detail_::gather(b);
   for (unsigned i = 0; i < l.n; ++i) if (l.v[i]) return true;
   return false;
 }
