@@ -1,21 +1,40 @@
 """Adapters for Meta's `sam2` package (EdgeTAM via edgetam-dimos, SAM 2 / SAM 2.1).
 
 Each factory returns a forward computing exactly what the original module computes, through
-edgetam_kernels' ops. Configurations the ops do not cover (dropout while training,
-concatenated key/value latents) call the original forward.
+edgetam_kernels' ops and the shared fused forwards of `_adapters_common`. Configurations the
+ops do not cover (dropout while training, concatenated key/value latents, calls that Meta's own
+code would reject) call the original forward, so behaviour and error messages stay Meta's.
+
+Patched here:
+- PerceiverResampler (the whole 2D spatial perceiver: one `spatial_perceiver` op),
+  PerceiverEncoderLayer and PerceiverAttention (for single-module use).
+- MemoryAttentionLayer: LayerNorms, fused projections, the `rope_attention` op for self- and
+  cross-attention (no complex-number RoPE, no forced SDPA math path), MLP. Meta's
+  MemoryAttention is left as is: it picks the RoPE arguments per layer with `isinstance` on the
+  (unchanged) attention classes, and the patched layers honour exactly those arguments.
+- RoPEAttention (SAM 2's rule) and RoPEAttentionv2 (EdgeTAM's rule), for single-module use.
+- Attention (mask decoder): the same math without `sdp_kernel_context`, which on a machine
+  without CUDA forces SDPA's slow math kernel.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from . import ops
-from .patch import register_adapter
+from ._adapters_common import (
+    MLP, Norm, Projections, Rope, attend, latent_rope, memory_attention_layer,
+)
+from ._adapters_common import perceiver_layer as _perceiver_layer
+from .patch import _class_key, register_adapter
 
 _SAM2 = "sam2.modeling"
+_ROPE_V1 = f"{_SAM2}.sam.transformer.RoPEAttention"
+_ROPE_V2 = f"{_SAM2}.sam.transformer.RoPEAttentionv2"
 
 
 def _dropping(module, p: float) -> bool:
@@ -27,18 +46,29 @@ def _dropping(module, p: float) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def perceiver_weights(resampler) -> list:
-    """Flat weight list of Meta's PerceiverResampler in reference.PERCEIVER_LAYER_PARAMS order."""
+def _layer_weights(layer) -> list:
     from .reference import PERCEIVER_LAYER_PARAMS, params_per_layer
 
-    n = params_per_layer(resampler.layers[0].use_self_attn)
-    names = PERCEIVER_LAYER_PARAMS[:n]
-    return [layer.get_parameter(name) for layer in resampler.layers for name in names]
+    names = PERCEIVER_LAYER_PARAMS[: params_per_layer(layer.use_self_attn)]
+    return [layer.get_parameter(name) for name in names]
 
 
-def _perceiver_eps(resampler) -> float:
-    eps = {m.eps for m in resampler.modules() if isinstance(m, torch.nn.LayerNorm)}
+def perceiver_weights(resampler) -> list:
+    """Flat weight list of Meta's PerceiverResampler in reference.PERCEIVER_LAYER_PARAMS order."""
+    return [w for layer in resampler.layers for w in _layer_weights(layer)]
+
+
+def _perceiver_eps(module) -> float:
+    eps = {m.eps for m in module.modules() if isinstance(m, torch.nn.LayerNorm)}
     return eps.pop() if len(eps) == 1 else float("nan")
+
+
+def _layer_unsupported(layer) -> bool:
+    attn = layer.attn
+    return (
+        _dropping(layer, max(attn.dropout_p, layer.dropout.p)) or attn.concat_kv_latents
+        or math.isnan(_perceiver_eps(layer))
+    )
 
 
 @register_adapter(f"{_SAM2}.perceiver.PerceiverResampler")
@@ -46,11 +76,7 @@ def _perceiver_resampler(module, state, original):
     def forward(self, x, pos=None):
         layer0 = self.layers[0]
         eps = _perceiver_eps(self)
-        if (
-            _dropping(self, max(layer0.attn.dropout_p, layer0.dropout.p))
-            or layer0.attn.concat_kv_latents
-            or math.isnan(eps)
-        ):
+        if any(_layer_unsupported(layer) for layer in self.layers) or math.isnan(eps):
             return original(x, pos)
         opts = state["options"]
         lat1 = self.latents if self.num_latents > 0 else None
@@ -75,6 +101,17 @@ def _perceiver_resampler(module, state, original):
     return forward
 
 
+@register_adapter(f"{_SAM2}.perceiver.PerceiverEncoderLayer")
+def _perceiver_encoder_layer(module, state, original):
+    def forward(self, latents, x, pos=None):
+        if _layer_unsupported(self):
+            return original(latents, x, pos)
+        return _perceiver_layer(latents, x, pos, _layer_weights(self), self.attn.heads,
+                                self.use_self_attn, _perceiver_eps(self), state["options"])
+
+    return forward
+
+
 @register_adapter(f"{_SAM2}.perceiver.PerceiverAttention")
 def _perceiver_attention(module, state, original):
     def forward(self, latents, x, pos=None):
@@ -90,21 +127,8 @@ def _perceiver_attention(module, state, original):
 
 
 # ---------------------------------------------------------------------------------------------
-# RoPE attention (memory attention's self- and cross-attention)
+# RoPE rules of Meta's two attention classes
 # ---------------------------------------------------------------------------------------------
-
-
-def _project(self, q, k, v):
-    def heads(t):
-        b, n, c = t.shape
-        return t.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
-
-    return heads(self.q_proj(q)), heads(self.k_proj(k)), heads(self.v_proj(v))
-
-
-def _finish(self, out):
-    b, h, n, c = out.shape
-    return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 
 
 def grid_from_cis(freqs_cis: torch.Tensor, head_dim: int, theta: float):
@@ -112,6 +136,7 @@ def grid_from_cis(freqs_cis: torch.Tensor, head_dim: int, theta: float):
 
     The slowest frequency theta^(-(D-4)/D) never wraps past 2*pi on real grids, so its angle
     divided by the frequency is the integer column (first half) or row (second half) index.
+    Runs once per module, at patch time.
     """
     n = freqs_cis.shape[0]
     f = theta ** (-(head_dim - 4) / head_dim)
@@ -124,58 +149,137 @@ def grid_from_cis(freqs_cis: torch.Tensor, head_dim: int, theta: float):
     return (h, w)
 
 
-def _theta(self) -> float:
-    return float(self.compute_cis.keywords.get("theta", 10000.0))
+def _theta(attn) -> float:
+    return float(attn.compute_cis.keywords.get("theta", 10000.0))
 
 
-@register_adapter(f"{_SAM2}.sam.transformer.RoPEAttention")
+def _head_dim(attn) -> int:
+    return attn.internal_dim // attn.num_heads
+
+
+def _v2_grids(attn):
+    d, theta = _head_dim(attn), _theta(attn)
+    return grid_from_cis(attn.freqs_cis_q, d, theta), grid_from_cis(attn.freqs_cis_k, d, theta)
+
+
+def rope_v1(attn, n_q: int, n_k: int, num_k_exclude_rope: int = 0) -> Optional[Rope]:
+    """SAM 2's RoPEAttention: q on a square grid of its length; keys rotated with the same grid,
+    repeated over memory frames when `rope_k_repeat`; the last num_k_exclude_rope kept.
+    None where Meta's code would reject the call (the original then raises its own error)."""
+    side = math.isqrt(n_q)
+    n_rope = n_k - num_k_exclude_rope
+    if side * side != n_q or not 0 <= num_k_exclude_rope <= n_k:
+        return None
+    if n_q != n_k and not attn.rope_k_repeat:
+        return None
+    if n_rope == 0:
+        k_repeat = 0
+    elif n_rope % n_q != 0 or (n_rope != n_q and not attn.rope_k_repeat):
+        return None
+    else:
+        k_repeat = n_rope // n_q
+    return Rope((side, side), (side, side), k_repeat, num_k_exclude_rope, _theta(attn))
+
+
+def rope_v2(attn, grids, n_q: int, n_k: int, num_k_exclude_rope: int = 0,
+            rope_k_repeat: int = -1) -> Optional[Rope]:
+    """EdgeTAM's RoPEAttentionv2: q on its configured grid, keys on the (16 x 16) latent grid
+    repeated per memory frame (see `latent_rope`)."""
+    return latent_rope(*grids, _theta(attn), n_q, n_k, num_k_exclude_rope, rope_k_repeat)
+
+
+def _projections(attn) -> Projections:
+    return Projections.of(attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, attn.num_heads)
+
+
+# ---------------------------------------------------------------------------------------------
+# RoPE attention modules (single-module use) and the memory-attention layer
+# ---------------------------------------------------------------------------------------------
+
+
+@register_adapter(_ROPE_V1)
 def _rope_attention_v1(module, state, original):
-    """SAM 2's rule: q on a square grid of its length; keys rotated with the same grid,
-    repeated over the memory frames when `rope_k_repeat`, the last num_k_exclude_rope kept."""
-
     def forward(self, q, k, v, num_k_exclude_rope: int = 0):
-        if _dropping(self, self.dropout_p):
+        rope = rope_v1(self, q.shape[1], k.shape[1], num_k_exclude_rope)
+        if rope is None or _dropping(self, self.dropout_p):
             return original(q, k, v, num_k_exclude_rope)
-        qh, kh, vh = _project(self, q, k, v)
-        n_q, n_k = qh.shape[-2], kh.shape[-2]
-        side = math.isqrt(n_q)
-        if n_q != n_k and not self.rope_k_repeat:
-            raise ValueError(
-                f"RoPEAttention got {n_q} queries and {n_k} keys but rope_k_repeat is False"
-            )
-        n_rope = n_k - num_k_exclude_rope
-        k_repeat = n_rope // n_q if n_q else 0
-        opts = state["options"]
-        out = ops.rope_attention(
-            qh, kh, vh, q_grid=(side, side), k_grid=(side, side), k_repeat=k_repeat,
-            num_k_exclude_rope=num_k_exclude_rope, theta=_theta(self),
-            compute_dtype=opts["compute_dtype"], backend=opts["backend"],
-        )
-        return _finish(self, out)
+        return attend(q, k, v, _projections(self), rope, state["options"])
 
     return forward
 
 
-@register_adapter(f"{_SAM2}.sam.transformer.RoPEAttentionv2")
+@register_adapter(_ROPE_V2)
 def _rope_attention_v2(module, state, original):
-    """EdgeTAM's rule: q on its own grid, keys on a (16 x 16) latent grid repeated per memory
-    frame, each frame's global latents and the object pointers not rotated."""
+    grids = _v2_grids(module)
 
     def forward(self, q, k, v, num_k_exclude_rope: int = 0, rope_k_repeat: int = -1):
-        if _dropping(self, self.dropout_p):
+        rope = rope_v2(self, grids, q.shape[1], k.shape[1], num_k_exclude_rope, rope_k_repeat)
+        if rope is None or _dropping(self, self.dropout_p):
             return original(q, k, v, num_k_exclude_rope, rope_k_repeat)
-        qh, kh, vh = _project(self, q, k, v)
-        theta = _theta(self)
-        d = qh.shape[-1]
-        q_grid = grid_from_cis(self.freqs_cis_q, d, theta)
-        k_grid = grid_from_cis(self.freqs_cis_k, d, theta)
-        opts = state["options"]
-        out = ops.rope_attention(
-            qh, kh, vh, q_grid=q_grid, k_grid=k_grid,
-            k_repeat=None if rope_k_repeat < 0 else rope_k_repeat,
-            num_k_exclude_rope=num_k_exclude_rope, theta=theta,
-            compute_dtype=opts["compute_dtype"], backend=opts["backend"],
+        return attend(q, k, v, _projections(self), rope, state["options"])
+
+    return forward
+
+
+def _cross_rope(attn, kind: str, grids, n_q, n_k, num_k_exclude_rope, rope_k_repeat):
+    """The RoPE rule of MemoryAttentionLayer._forward_ca for its arguments: it passes
+    (num_k_exclude_rope, rope_k_repeat) to a RoPEAttentionv2 when rope_k_repeat >= 0, else
+    num_k_exclude_rope to a RoPEAttention when it is > 0, else nothing."""
+    if rope_k_repeat >= 0:
+        return rope_v2(attn, grids, n_q, n_k, num_k_exclude_rope, rope_k_repeat) if kind == "v2" else None
+    if num_k_exclude_rope > 0:
+        return rope_v1(attn, n_q, n_k, num_k_exclude_rope) if kind == "v1" else None
+    if kind == "v1":
+        return rope_v1(attn, n_q, n_k, 0)
+    return None  # a RoPEAttentionv2 called without rope_k_repeat: leave it to Meta's code
+
+
+@register_adapter(f"{_SAM2}.memory_attention.MemoryAttentionLayer")
+def _memory_attention_layer(module, state, original):
+    kinds = {_ROPE_V1: "v1", _ROPE_V2: "v2"}
+    sa_kind = kinds.get(_class_key(module.self_attn))
+    ca_kind = kinds.get(_class_key(module.cross_attn_image))
+    ca_grids = _v2_grids(module.cross_attn_image) if ca_kind == "v2" else None
+
+    def forward(self, tgt, memory, pos=None, query_pos=None, num_k_exclude_rope: int = 0,
+                rope_k_repeat: int = -1):
+        args = (tgt, memory, pos, query_pos, num_k_exclude_rope, rope_k_repeat)
+        if sa_kind != "v1" or ca_kind is None or (self.training and self.dropout_value > 0):
+            return original(*args)
+        n_q, n_k = tgt.shape[1], memory.shape[1]
+        sa_rope = rope_v1(self.self_attn, n_q, n_q)
+        ca_rope = _cross_rope(self.cross_attn_image, ca_kind, ca_grids, n_q, n_k,
+                              num_k_exclude_rope, rope_k_repeat)
+        if sa_rope is None or ca_rope is None:
+            return original(*args)
+        return memory_attention_layer(
+            tgt, memory, pos if self.pos_enc_at_cross_attn_keys else None,
+            (Norm.of(self.norm1), Norm.of(self.norm2), Norm.of(self.norm3)),
+            (_projections(self.self_attn), sa_rope),
+            (_projections(self.cross_attn_image), ca_rope),
+            MLP(self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias,
+                self.activation),
+            state["options"], query_pos=query_pos, pos_at_self_attn=self.pos_enc_at_attn,
+            pos_at_cross_queries=self.pos_enc_at_cross_attn_queries,
         )
-        return _finish(self, out)
+
+    return forward
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain attention (SAM mask decoder): no forced math kernel
+# ---------------------------------------------------------------------------------------------
+
+
+@register_adapter(f"{_SAM2}.sam.transformer.Attention")
+def _attention(module, state, original):
+    def forward(self, q, k, v):
+        if _dropping(self, self.dropout_p):
+            return original(q, k, v)
+        q = self._separate_heads(self.q_proj(q), self.num_heads)
+        k = self._separate_heads(self.k_proj(k), self.num_heads)
+        v = self._separate_heads(self.v_proj(v), self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(self._recombine_heads(out))
 
     return forward

@@ -4,9 +4,11 @@ Live instances are patched by giving the module an instance-level `forward` (the
 alone, so `isinstance` checks in the host model keep working); `unpatch` deletes it again, which
 restores the original behaviour exactly. Patching twice only updates the options.
 
-The per-model knowledge (which classes, where their weights live) sits in small adapters:
-`_adapters_sam2.py` (Meta's `sam2` package / edgetam-dimos) and `_adapters_hf.py` (Hugging Face
-transformers). Each adapter maps a class name to a function building the replacement forward.
+The per-model knowledge (which classes, where their weights live, their calling conventions)
+sits in small adapters: `_adapters_sam2.py` (Meta's `sam2` package / edgetam-dimos) and
+`_adapters_hf.py` (Hugging Face transformers). Each adapter maps a class name to a function
+building the replacement forward; the computation those forwards share (fused projections,
+RoPE attention, LayerNorm, MLP, perceiver layers) is written once in `_adapters_common.py`.
 """
 
 from __future__ import annotations
@@ -64,13 +66,18 @@ def _patch_module(m: nn.Module, options: dict) -> bool:
 def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = None):
     """Make `obj` (a whole model, a predictor, or a single module) use the fused ops.
 
-    Supported: Meta's `sam2` EdgeTAM / SAM 2 models and their PerceiverResampler,
-    PerceiverAttention, RoPEAttention, RoPEAttentionv2 and MemoryAttention; Hugging Face's
-    EdgeTamVideoModel and its perceiver and RoPE attention modules. Returns `obj`.
+    Supported: Meta's `sam2` EdgeTAM / SAM 2 / SAM 2.1 models and predictors (their
+    PerceiverResampler, PerceiverEncoderLayer, PerceiverAttention, MemoryAttentionLayer,
+    RoPEAttention, RoPEAttentionv2 and mask-decoder Attention); Hugging Face's EdgeTamVideoModel
+    (EdgeTamVideoPerceiverResampler, EdgeTamVideoPerceiverEncoderLayer,
+    EdgeTamVideoMemoryAttention, EdgeTamVideoMemoryAttentionLayer, EdgeTamVideoRoPESelfAttention,
+    EdgeTamVideoRoPECrossAttention). Any of those modules can also be patched alone.
+    Returns `obj`. Patching again only updates the options; `unpatch` restores the original.
 
     backend: "auto" | "reference" | "cpu" | "triton" | "metal" for every patched op.
     compute_dtype: optional precision for the attention core of memory attention (for example
-    torch.bfloat16 with fp32 weights and activations); None keeps the input dtype.
+    torch.bfloat16 with fp32 weights and activations; output stays fp32); None keeps the input
+    dtype. Its accuracy effect is measured in docs/patch.md.
     """
     from ._registry import requested
 
@@ -105,6 +112,21 @@ def unpatch(obj):
         else:
             object.__setattr__(m, "forward", state["forward"])
     return obj
+
+
+def perceiver_weights(module: nn.Module) -> list:
+    """The flat weight list `edgetam_kernels.spatial_perceiver` takes (reference.
+    PERCEIVER_LAYER_PARAMS order, k/v projections stacked) from Meta's PerceiverResampler or
+    HF's EdgeTamVideoPerceiverResampler."""
+    _load_adapters()
+    from . import _adapters_hf, _adapters_sam2
+
+    key = _class_key(module)
+    if key.startswith("sam2."):
+        return _adapters_sam2.perceiver_weights(module)
+    if key.startswith("transformers."):
+        return _adapters_hf.perceiver_weights(module)
+    raise TypeError(f"perceiver_weights() does not know {key}")
 
 
 def patched_modules(obj: nn.Module):

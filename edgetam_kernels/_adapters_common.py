@@ -1,0 +1,188 @@
+"""Model-independent fused forwards shared by the Meta (`_adapters_sam2`) and Hugging Face
+(`_adapters_hf`) adapters.
+
+The adapters only translate a module's attributes (weights, RoPE grids, calling convention)
+into the small records below; the computation itself is written once here:
+
+- `attend`: q/k/v projections (one GEMM with stacked weights when q, k and v come from the same
+  tensor), the `rope_attention` op (RoPE + softmax attention, any backend), output projection.
+- `memory_attention_layer`: pre-LN self-attention, cross-attention to memory, pre-LN MLP.
+- `perceiver_layer`: one perceiver encoder layer through the `perceiver_attention` op.
+
+All functions take (B, N, C) activations and leave dtype handling to the ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops
+
+
+@dataclass
+class Projections:
+    """Weights of an attention with input projections q/k/v and an output projection."""
+
+    wq: Tensor
+    bq: Optional[Tensor]
+    wk: Tensor
+    bk: Optional[Tensor]
+    wv: Tensor
+    bv: Optional[Tensor]
+    wo: Tensor
+    bo: Optional[Tensor]
+    heads: int
+
+    @classmethod
+    def of(cls, q, k, v, o, heads: int) -> "Projections":
+        """From four nn.Linear modules."""
+        return cls(q.weight, q.bias, k.weight, k.bias, v.weight, v.bias, o.weight, o.bias, heads)
+
+
+@dataclass
+class Rope:
+    """The RoPE rule of one attention call, in `edgetam_kernels.rope_attention`'s terms."""
+
+    q_grid: Tuple[int, int]
+    k_grid: Tuple[int, int]
+    k_repeat: int
+    num_k_exclude_rope: int = 0
+    theta: float = 10000.0
+
+
+@dataclass
+class Norm:
+    weight: Optional[Tensor]
+    bias: Optional[Tensor]
+    eps: float
+
+    @classmethod
+    def of(cls, ln) -> "Norm":
+        return cls(ln.weight, ln.bias, ln.eps)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+
+
+@dataclass
+class MLP:
+    w1: Tensor
+    b1: Optional[Tensor]
+    w2: Tensor
+    b2: Optional[Tensor]
+    activation: Callable[[Tensor], Tensor]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return F.linear(self.activation(F.linear(x, self.w1, self.b1)), self.w2, self.b2)
+
+
+def latent_rope(q_grid, k_grid, theta: float, n_q: int, n_k: int, num_k_exclude_rope: int,
+                k_repeat: int) -> Optional[Rope]:
+    """EdgeTAM's cross-attention rule (Meta's RoPEAttentionv2, HF's RoPECrossAttention): q on
+    q_grid; the keys before the last `num_k_exclude_rope` (object pointers, never rotated) are
+    `k_repeat` equal frames whose trailing k_grid tokens are rotated and leading ones (global
+    latents) are not. None when the call does not follow that structure (the caller then runs
+    the original module, which raises its own error)."""
+    n_rope = n_k - num_k_exclude_rope
+    if q_grid[0] * q_grid[1] != n_q or not 0 <= num_k_exclude_rope <= n_k:
+        return None
+    if n_rope == 0:
+        return Rope(tuple(q_grid), tuple(k_grid), 0, num_k_exclude_rope, theta)
+    if k_repeat < 1 or n_rope % k_repeat != 0 or n_rope // k_repeat < k_grid[0] * k_grid[1]:
+        return None
+    return Rope(tuple(q_grid), tuple(k_grid), k_repeat, num_k_exclude_rope, theta)
+
+
+def _cat_bias(*biases):
+    """Stacked bias of a fused projection; callers ensure all or none are None."""
+    return None if biases[0] is None else torch.cat(biases)
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    b, n, c = x.shape
+    return x.view(b, n, heads, c // heads).transpose(1, 2)
+
+
+def attend(q_in: Tensor, k_in: Tensor, v_in: Tensor, p: Projections, rope: Rope,
+           options: dict) -> Tensor:
+    """out_proj(rope_attention(q_proj(q_in), k_proj(k_in), v_proj(v_in))), (B, N, C) in/out.
+
+    When q_in, k_in and v_in are the same tensor (memory attention's self-attention), the three
+    projections run as one GEMM against the stacked weight [Wq; Wk; Wv].
+    """
+    if q_in is k_in and k_in is v_in and (p.bq is None) == (p.bk is None) == (p.bv is None):
+        qkv = F.linear(q_in, torch.cat([p.wq, p.wk, p.wv]), _cat_bias(p.bq, p.bk, p.bv))
+        q, k, v = qkv.split([p.wq.shape[0], p.wk.shape[0], p.wv.shape[0]], dim=-1)
+    else:
+        q = F.linear(q_in, p.wq, p.bq)
+        if k_in is v_in and (p.bk is None) == (p.bv is None):
+            kv = F.linear(k_in, torch.cat([p.wk, p.wv]), _cat_bias(p.bk, p.bv))
+            k, v = kv.split([p.wk.shape[0], p.wv.shape[0]], dim=-1)
+        else:
+            k = F.linear(k_in, p.wk, p.bk)
+            v = F.linear(v_in, p.wv, p.bv)
+    q = _split_heads(q.contiguous(), p.heads)
+    k = _split_heads(k.contiguous(), p.heads)
+    v = _split_heads(v.contiguous(), p.heads)
+    out = ops.rope_attention(
+        q, k, v, q_grid=rope.q_grid, k_grid=rope.k_grid, k_repeat=rope.k_repeat,
+        num_k_exclude_rope=rope.num_k_exclude_rope, theta=rope.theta,
+        compute_dtype=options.get("compute_dtype"), backend=options["backend"],
+    )
+    b, h, n, d = out.shape
+    return F.linear(out.transpose(1, 2).reshape(b, n, h * d), p.wo, p.bo)
+
+
+def memory_attention_layer(
+    x: Tensor,
+    memory: Tensor,
+    memory_pos: Optional[Tensor],
+    norms: Sequence[Norm],
+    self_attn: Tuple[Projections, Rope],
+    cross_attn: Tuple[Projections, Rope],
+    mlp: MLP,
+    options: dict,
+    query_pos: Optional[Tensor] = None,
+    pos_at_self_attn: bool = False,
+    pos_at_cross_queries: bool = False,
+) -> Tensor:
+    """One memory-attention layer (SAM 2 / EdgeTAM), (B, N, C) queries, (B, M, Cm) memory:
+
+        x = x + SA(LN1(x));  x = x + CA(LN2(x), memory + memory_pos, memory);  x = x + MLP(LN3(x))
+
+    `pos_at_*` add `query_pos` where Meta's MemoryAttentionLayer options say so (both off in
+    EdgeTAM and SAM 2.1). Dropout is not applied: callers use this in eval mode only.
+    """
+    h = norms[0](x)
+    qk = h + query_pos if pos_at_self_attn else h
+    x = x + attend(qk, qk, h, *self_attn, options)
+    h = norms[1](x)
+    q = h + query_pos if pos_at_cross_queries else h
+    k = memory + memory_pos if memory_pos is not None else memory
+    x = x + attend(q, k, memory, *cross_attn, options)
+    return x + mlp(norms[2](x))
+
+
+def perceiver_layer(latents: Tensor, x: Tensor, pos: Optional[Tensor], w: Sequence[Tensor],
+                    heads: int, use_self_attn: bool, eps: float, options: dict) -> Tensor:
+    """One perceiver encoder layer; `w` in reference.PERCEIVER_LAYER_PARAMS order. The latent
+    self-attention is the perceiver_attention op with the latents as their own keys/values."""
+    backend = options["backend"]
+    latents = latents + ops.perceiver_attention(latents, x, pos, *w[0:7], heads=heads, eps=eps,
+                                                backend=backend)
+    ff = Norm(w[7], w[8], eps)
+    latents = latents + F.linear(F.gelu(F.linear(ff(latents), w[9])), w[10])
+    if use_self_attn:
+        ln_w, ln_b = w[11], w[12]
+        latents = latents + ops.perceiver_attention(
+            latents, latents, None, ln_w, ln_b, ln_w, ln_b, *w[13:16], heads=heads, eps=eps,
+            backend=backend,
+        )
+        ff = Norm(w[16], w[17], eps)
+        latents = latents + F.linear(F.gelu(F.linear(ff(latents), w[18])), w[19])
+    return latents
