@@ -1,0 +1,204 @@
+"""`python -m edgetam track`: track one object through a video, write masks and an overlay GIF.
+
+    python -m edgetam track --out out/ --frames 8 --image-size 512        # synthetic demo clip
+    python -m edgetam track video.mp4 --point 320,180 --checkpoint edgetam.pt --out out/
+    python -m edgetam track frames/ --box 100,80,260,200 --out out/
+
+Output folder: masks/00000.png ... (0 / 255), overlay.gif, summary.json (per-frame times).
+Everything is written into a temporary folder next to DIR and moved into place at the end, so an
+error leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from typing import List, Optional, Sequence, Tuple
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _pair(text: str, n: int, what: str) -> Tuple[float, ...]:
+    parts = text.replace(" ", "").split(",")
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) != n:
+        fmt = "X,Y" if n == 2 else "X0,Y0,X1,Y1"
+        raise argparse.ArgumentTypeError(f"{what} must be {fmt} (numbers), got {text!r}")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edgetam",
+                                description="Minimal pure-PyTorch EdgeTAM video tracking.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("track", help="track one object from a click or box on the first frame")
+    t.add_argument("video", nargs="?", default="synthetic",
+                   help="mp4 file, folder of JPEG/PNG frames, or 'synthetic' (default): a "
+                        "generated clip of a moving disc")
+    t.add_argument("--point", action="append", type=lambda s: _pair(s, 2, "--point"),
+                   metavar="X,Y", help="foreground click on frame 0, in pixels (repeatable)")
+    t.add_argument("--box", type=lambda s: _pair(s, 4, "--box"), metavar="X0,Y0,X1,Y1",
+                   help="box around the object on frame 0, in pixels")
+    t.add_argument("--checkpoint", help="Meta's edgetam.pt; without it the weights are random")
+    t.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    t.add_argument("--image-size", type=int, default=1024, choices=(512, 768, 1024),
+                   help="model input size (1024 is EdgeTAM's own; 512 is ~4x faster)")
+    t.add_argument("--frames", type=int, default=None,
+                   help="process at most N frames (synthetic clip: its length, default 8)")
+    t.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
+    t.add_argument("--backend", default="auto",
+                   help="edgetam_kernels backend: auto, reference, cpu, triton, metal")
+    t.add_argument("--seed", type=int, default=0, help="seed for random weights")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_out_dir(out: str) -> str:
+    out = os.path.abspath(out)
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise CliError(f"--out {out} exists and is not a folder")
+        if os.listdir(out):
+            raise CliError(f"--out {out} is not empty; choose a new or empty folder")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise CliError(f"the parent folder of --out does not exist: {parent}")
+    return out
+
+
+def _progress(iterable, total: int, enabled: bool):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc="tracking", unit="frame", file=sys.stderr)
+
+
+def track(args) -> dict:
+    import numpy as np
+    import torch
+
+    import edgetam
+    from edgetam import video_io
+
+    out_dir = _check_out_dir(args.out)
+    if args.frames is not None and args.frames < 1:
+        raise CliError(f"--frames must be >= 1, got {args.frames}")
+
+    # frames and prompt
+    if args.video == "synthetic":
+        frames, centre = video_io.synthetic_clip(args.frames or 8)
+        source = f"synthetic clip ({len(frames)} frames, {frames[0].shape[1]}x{frames[0].shape[0]})"
+        points = args.point or ([centre] if args.box is None else None)
+    else:
+        try:
+            frames = video_io.read_frames(args.video, args.frames)
+        except (video_io.VideoReadError, ValueError) as e:
+            raise CliError(str(e)) from e
+        source = f"{args.video} ({len(frames)} frames, {frames[0].shape[1]}x{frames[0].shape[0]})"
+        points = args.point
+        if points is None and args.box is None:
+            raise CliError("give the object to track on frame 0: --point X,Y or --box X0,Y0,X1,Y1")
+
+    # model
+    torch.manual_seed(args.seed)
+    if args.checkpoint is None:
+        print("NOTE: no --checkpoint given: the weights are RANDOM, so the masks are meaningless; "
+              "the timings are real.", file=sys.stderr)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model = edgetam.load(args.checkpoint, image_size=args.image_size, device=args.device,
+                                 backend=args.backend)
+    except edgetam.CheckpointError as e:
+        raise CliError(str(e)) from e
+    if args.checkpoint is None:
+        # random weights predict "no object": bias the object score so masks flow into memory
+        with torch.no_grad():
+            model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
+    predictor = edgetam.VideoPredictor(model)
+    print(f"edgetam: {source}, image size {args.image_size}, device {args.device}, "
+          f"backend {args.backend}", file=sys.stderr)
+
+    state = predictor.init_state(frames)
+    t0 = time.perf_counter()
+    try:
+        predictor.add_new_points_or_box(
+            state, 0, 1, points=None if points is None else [list(p) for p in points],
+            labels=None if points is None else [1] * len(points),
+            box=None if args.box is None else list(args.box))
+    except (ValueError, TypeError) as e:
+        raise CliError(f"bad prompt: {e}") from e
+    prompt_ms = (time.perf_counter() - t0) * 1e3
+
+    masks: List[np.ndarray] = [None] * len(frames)
+    times: List[float] = []
+    gen = predictor.propagate_in_video(state)
+    t_prev = time.perf_counter()
+    for frame_idx, _, logits in _progress(gen, len(frames), not args.no_progress):
+        now = time.perf_counter()
+        times.append((now - t_prev) * 1e3)
+        masks[frame_idx] = (logits[0, 0] > 0).cpu().numpy()
+        t_prev = time.perf_counter()
+
+    # frame 0 comes from the prompt step (plus its memory encoding at the first yield);
+    # tracked frames are the ones that run the full step: encoder, memory attention, decoder.
+    tracked = times[1:] if len(times) > 1 else times
+    per_frame = sum(tracked) / len(tracked)
+    summary = {
+        "source": source, "image_size": args.image_size, "device": args.device,
+        "backend": args.backend, "random_weights": args.checkpoint is None,
+        "frames": len(frames), "prompt_ms": round(prompt_ms, 2),
+        "frame_ms": [round(t, 2) for t in times], "mean_tracked_frame_ms": round(per_frame, 2),
+        "fps": round(1e3 / per_frame, 3),
+        "mask_area": [float(m.mean()) for m in masks],
+    }
+
+    # write everything into a temporary sibling folder, then move it into place
+    parent = os.path.dirname(out_dir)
+    tmp = tempfile.mkdtemp(prefix=".edgetam-tmp-", dir=parent)
+    try:
+        os.makedirs(os.path.join(tmp, "masks"))
+        for i, m in enumerate(masks):
+            video_io.write_mask_png(os.path.join(tmp, "masks", f"{i:05d}.png"), m)
+        video_io.write_gif(os.path.join(tmp, "overlay.gif"),
+                           [video_io.overlay(f, [m]) for f, m in zip(frames, masks)])
+        with open(os.path.join(tmp, "summary.json"), "w") as fh:
+            json.dump(summary, fh, indent=1)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked above)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    print(f"prompt frame: {prompt_ms:.0f} ms; tracked frames: {per_frame:.0f} ms/frame "
+          f"({1e3 / per_frame:.2f} FPS) at {args.image_size}x{args.image_size} on {args.device}")
+    if args.checkpoint is None:
+        print("weights are random (no --checkpoint): the masks are meaningless, timings only")
+    print(f"wrote {len(masks)} masks, overlay.gif and summary.json to {out_dir}")
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "track":
+            track(args)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
