@@ -1,18 +1,143 @@
-"""CPU backend: C++ kernels from csrc/ (scalar, AVX2, AVX-512, NEON; chosen at run time)."""
+"""CPU backend: C++ kernels from csrc/ (scalar, AVX2, AVX-512, NEON), chosen at run time.
+
+The compiled extension `edgetam_kernels._C` registers `torch.ops.edgetam_cpu.*` through the
+LibTorch stable ABI; this module is the thin Python side: it makes inputs contiguous, maps dtypes
+to the kernels' compute modes and says which inputs the kernels take (`supports`).
+
+ISA path: the best one the CPU supports (cpuid on x86, getauxval on aarch64). Force one with the
+environment variable EDGETAM_KERNELS_CPU_ISA (read at import) or `set_isa(name)` /
+`with force_isa(name):` (names in ISA_NAMES; None / "auto" = best).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from typing import Optional
+
+import torch
+
 from .._registry import Backend
 
+ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16", "neon", "neon_fp16", "neon_bf16")
+ENV_ISA = "EDGETAM_KERNELS_CPU_ISA"
+_COMPUTE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
 try:
-    from .. import _C  # noqa: F401  (the compiled extension registers torch.ops.edgetam_cpu)
-    _IMPORT_ERROR = None
+    from .. import _C  # noqa: F401  (loading it registers torch.ops.edgetam_cpu)
+    _ops = torch.ops.edgetam_cpu
+    _ERROR = None
 except ImportError as e:  # built without a compiler, or not built yet
-    _IMPORT_ERROR = f"extension not built ({e})"
+    _ops = None
+    _ERROR = f"extension not built ({e})"
+
+
+def _isa_index(name: str) -> int:
+    if name not in ISA_NAMES:
+        raise ValueError(f"unknown CPU ISA {name!r}; choose one of {('auto',) + ISA_NAMES}")
+    return ISA_NAMES.index(name)
+
+
+def available_isas() -> tuple:
+    """The ISA paths this build and this CPU can run."""
+    if _ops is None:
+        return ()
+    return tuple(n for i, n in enumerate(ISA_NAMES) if _ops.isa_supported(i))
+
+
+def isa() -> Optional[str]:
+    """The ISA path the kernels use now (None without the extension)."""
+    return ISA_NAMES[_ops.get_isa()] if _ops is not None else None
+
+
+def best_isa() -> Optional[str]:
+    return ISA_NAMES[_ops.best_isa()] if _ops is not None else None
+
+
+def set_isa(name: Optional[str]) -> None:
+    """Force an ISA path (e.g. "avx2"), or None / "auto" for the best one."""
+    if _ops is None:
+        raise RuntimeError(f"the CPU backend is unavailable: {_ERROR}")
+    if name is None or name == "auto":
+        _ops.set_isa(-1)
+        return
+    if not _ops.set_isa(_isa_index(name)):
+        raise ValueError(f"CPU ISA {name!r} is not supported here; available: {available_isas()}")
+
+
+@contextlib.contextmanager
+def force_isa(name: Optional[str]):
+    """`with force_isa("avx2"): ...` runs the CPU kernels on that path, then restores."""
+    before = isa()
+    set_isa(name)
+    try:
+        yield
+    finally:
+        set_isa(before)
+
+
+if _ops is not None:
+    # Shapes for tracing (opcheck, torch.compile) of the raw kernel op.
+    @torch.library.register_fake("edgetam_cpu::rope_attention")
+    def _(q, k, v, q_h, q_w, k_h, k_w, k_repeat, num_k_exclude_rope, theta, scale, compute):
+        return q.new_empty((*q.shape[:3], v.shape[3]))
+
+
+if _ops is not None and os.environ.get(ENV_ISA, "").strip() not in ("", "auto"):
+    try:
+        set_isa(os.environ[ENV_ISA].strip())
+    except ValueError as e:
+        _ERROR = f"{ENV_ISA}: {e}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels: the reference functions' signatures
+# ---------------------------------------------------------------------------------------------
+
+
+def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, theta=10000.0,
+                   scale=None, compute_dtype=None):
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    compute = _COMPUTE[compute_dtype if compute_dtype is not None else q.dtype]
+    return _ops.rope_attention(
+        q.contiguous(), k.contiguous(), v.contiguous(), int(q_grid[0]), int(q_grid[1]),
+        int(k_grid[0]), int(k_grid[1]), int(k_repeat), int(num_k_exclude_rope), float(theta),
+        float(scale), compute)
+
+
+def _tensors(args):
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (t for t in a if isinstance(t, torch.Tensor))
+
+
+def supports(op: str, args: tuple) -> Optional[str]:
+    for t in _tensors(args):
+        if t.dtype not in _COMPUTE:
+            return f"{t.dtype} inputs are not supported (float32, bfloat16, float16)"
+    if op == "rope_attention":
+        cd = args[9]
+        if cd is not None and cd not in _COMPUTE:
+            return f"compute_dtype {cd} is not supported (float32, bfloat16, float16)"
+    return None
+
+
+def _detail() -> str:
+    cur = isa()
+    how = "forced" if cur != best_isa() else "best here"
+    native = {"avx512_bf16": "bf16 dot: vdpbf16ps", "neon_bf16": "bf16 dot: bfdot",
+              "neon_fp16": "fp16 arithmetic"}.get(cur, "reduced precision emulated in fp32")
+    return f"{cur} ({how}; {native}); threads: torch.get_num_threads()={torch.get_num_threads()}"
+
 
 BACKEND = Backend(
     name="cpu",
     device_types=("cpu",),
-    kernels={},
-    unavailable=lambda: _IMPORT_ERROR,
+    kernels={"rope_attention": rope_attention} if _ops is not None else {},
+    unavailable=lambda: _ERROR,
+    supports=supports,
+    detail=_detail,
 )

@@ -1,0 +1,56 @@
+// Torch-free interface between the kernels (csrc/kernels, compiled once per ISA) and their
+// callers (the torch registration layer, the C++ test drivers). Plain structs, raw pointers.
+#pragma once
+#include <cstdint>
+
+namespace edgetam_cpu {
+
+// Element type of tensors in memory.
+enum DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
+// Precision of the attention matmuls. Accumulation and softmax are always fp32.
+enum Compute : int { kComputeF32 = 0, kComputeBF16 = 1, kComputeF16 = 2 };
+
+// Instruction-set paths, ordered within each architecture.
+enum Isa : int {
+  kScalar = 0,
+  kAvx2 = 1,        // AVX2 + FMA + F16C
+  kAvx512 = 2,      // AVX-512 F/BW/DQ/VL
+  kAvx512Bf16 = 3,  // + AVX512_BF16 (vdpbf16ps)
+  kNeon = 4,        // aarch64 AdvSIMD, fp32
+  kNeonFp16 = 5,    // + FEAT_FP16 arithmetic
+  kNeonBf16 = 6,    // + FEAT_BF16 (bfdot)
+  kIsaCount = 7,
+};
+
+// A thread pool as a function: runs body(ctx, begin, end) over chunks of [0, n).
+struct Parallel {
+  void (*run)(void* self, int64_t n, void* ctx, void (*body)(void* ctx, int64_t b, int64_t e));
+  void* self;
+  int threads;
+};
+
+// softmax(rope(q) rope(k)^T * scale) v for (B, H, N, D) contiguous tensors.
+// RoPE tables: for each grid column (col tables) / row (row tables) one record of 2 * D/2 floats:
+// C[e] = cos(angle of pair e/2), then S[e] = -sin for even e, +sin for odd e, so that a rotated
+// half-row is x * C + swap_pairs(x) * S. Column tables rotate dims [0, D/2), row tables [D/2, D).
+struct RopeAttnArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  int dtype;    // DType of q, k, v and out
+  int compute;  // Compute
+  int64_t B, H, Nq, Nk, D, Dv;
+  int64_t q_w;                 // query grid columns (token n: col n % q_w, row n / q_w)
+  int64_t k_w;                 // key grid columns
+  int64_t k_nrope;             // keys [0, k_nrope) are frames; the rest are never rotated
+  int64_t k_frame;             // frame length (k_nrope / k_repeat)
+  int64_t k_nrot;              // rotated keys at the end of each frame (k_h * k_w)
+  const float* q_col_tab;      // [q_w][2][D/2]
+  const float* q_row_tab;      // [q_h][2][D/2]
+  const float* k_col_tab;      // [k_w][2][D/2]
+  const float* k_row_tab;      // [k_h][2][D/2]
+  float scale;
+};
+
+}  // namespace edgetam_cpu

@@ -1,0 +1,231 @@
+// RoPE flash attention, written once against the SIMD vocabulary `V` of the including ISA
+// translation unit, which defines EDGETAM_ISA (the namespace of its entry points).
+//
+// Per (batch, head, block of Mb queries):
+//   Q^T   the block's queries, rotated on the q grid as they are loaded, stored transposed
+//         [D x Mb] (bf16 pairs [D/2 x Mb] on native-dot paths) so the score micro-kernel
+//         broadcasts key elements and loads 16 queries per vector;
+//   per key tile of NT keys: rotate the keys as they are loaded (EdgeTAM / SAM 2 rule: frames of
+//         k_frame tokens whose last k_nrot are rotated on the k grid; trailing keys never),
+//         S^T = K Q^T [NT x Mb], online softmax down the columns (one query per lane: no
+//         horizontal reductions), O = alpha * O + P V with alpha folded into the O load.
+// No rotated copy of q or k ever exists beyond the tile being used.
+#pragma once
+#include "common.h"
+
+namespace edgetam_cpu {
+namespace EDGETAM_ISA {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int64_t kKeyTile = 96;  // keys per tile: a multiple of every MR, even (bf16 pairs)
+
+struct AttnPlan {
+  int64_t Mb;      // queries per block
+  int64_t ldq;     // Mb rounded up to W: leading dim of Q^T, S^T, P
+  int64_t Dvp;     // Dv rounded up to W
+  bool dot;        // native bf16 dot
+  bool v_direct;   // P V reads v straight from the input
+};
+
+// Rotate a key/query row already loaded as fp32, then round it as the reference does: back to
+// the input dtype, then to the compute precision (a no-op for fp32).
+inline void rotate_row(float* row, int64_t D, const float* col_tab, const float* row_tab,
+                       int64_t col, int64_t r) {
+  const int64_t Dh = D / 2;
+  rotate_half(row, col_tab + col * D, Dh);
+  rotate_half(row + Dh, row_tab + r * D, Dh);
+}
+
+inline int dtype_as_compute(int dtype) {
+  return dtype == kBF16 ? kComputeBF16 : dtype == kF16 ? kComputeF16 : kComputeF32;
+}
+
+struct AttnScratch {
+  float *row0, *row1, *qt, *kr, *s, *pp, *vb, *o, *m, *l, *alpha;
+  static int64_t bytes(const RopeAttnArgs& a, const AttnPlan& p) {
+    const int64_t rowlen = max64(a.D, p.Dvp);
+    return 2 * arena_bytes<float>(rowlen) + arena_bytes<float>(a.D * p.ldq) +
+           arena_bytes<float>(kKeyTile * a.D) + arena_bytes<float>(kKeyTile * p.ldq) +
+           arena_bytes<float>((kKeyTile / 2 + 1) * p.ldq) +
+           arena_bytes<float>((kKeyTile + 1) * p.Dvp) + arena_bytes<float>(p.ldq * p.Dvp) +
+           3 * arena_bytes<float>(p.ldq);
+  }
+  AttnScratch(Arena& ar, const RopeAttnArgs& a, const AttnPlan& p) {
+    const int64_t rowlen = max64(a.D, p.Dvp);
+    row0 = ar.take<float>(rowlen);
+    row1 = ar.take<float>(rowlen);
+    qt = ar.take<float>(a.D * p.ldq);
+    kr = ar.take<float>(kKeyTile * a.D);
+    s = ar.take<float>(kKeyTile * p.ldq);
+    pp = ar.take<float>((kKeyTile / 2 + 1) * p.ldq);
+    vb = ar.take<float>((kKeyTile + 1) * p.Dvp);
+    o = ar.take<float>(p.ldq * p.Dvp);
+    m = ar.take<float>(p.ldq);
+    l = ar.take<float>(p.ldq);
+    alpha = ar.take<float>(p.ldq);
+  }
+};
+
+inline uint32_t pack_pair(float lo, float hi) {
+  return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16);
+}
+
+void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0,
+                AttnScratch& s) {
+  constexpr int64_t W = V::W;
+  using vf = typename V::f;
+  const int64_t D = a.D, Dv = a.Dv, Dvp = p.Dvp;
+  const int64_t nq = min64(p.Mb, a.Nq - q0);
+  const int64_t ldq = round_up(nq, W);
+  const int in_round = dtype_as_compute(a.dtype);
+  const int cmp = a.compute;
+  const bool dot = p.dot;
+  const int64_t kd = dot ? D / 2 : D;  // reduction length in 32-bit elements
+
+  // Q^T, rotated (pad columns zero so their scores are finite and unused).
+  std::memset(s.qt, 0, sizeof(float) * size_t(kd * ldq));
+  uint32_t* qtp = reinterpret_cast<uint32_t*>(s.qt);
+  for (int64_t i = 0; i < nq; ++i) {
+    const int64_t n = q0 + i;
+    load_row(a.q, a.dtype, (bh * a.Nq + n) * D, D, s.row0);
+    rotate_row(s.row0, D, a.q_col_tab, a.q_row_tab, n % a.q_w, n / a.q_w);
+    round_row(s.row0, D, in_round);
+    if (dot) {
+      for (int64_t d = 0; d < D; d += 2) qtp[(d / 2) * ldq + i] = pack_pair(s.row0[d], s.row0[d + 1]);
+    } else {
+      round_row(s.row0, D, cmp);
+      for (int64_t d = 0; d < D; ++d) s.qt[d * ldq + i] = s.row0[d];
+    }
+  }
+  for (int64_t i = 0; i < ldq; ++i) {
+    s.m[i] = -__builtin_inff();
+    s.l[i] = 0.0f;
+  }
+  std::memset(s.o, 0, sizeof(float) * size_t(nq * Dvp));
+  const vf cmul = V::set1(a.scale * kLog2e);
+
+  for (int64_t k0 = 0; k0 < a.Nk; k0 += kKeyTile) {
+    const int64_t nk = min64(kKeyTile, a.Nk - k0);
+    // Keys of the tile, rotated where the rule says so.
+    uint16_t* krb = reinterpret_cast<uint16_t*>(s.kr);
+    for (int64_t j = 0; j < nk; ++j) {
+      const int64_t key = k0 + j;
+      float* row = dot ? s.row0 : s.kr + j * D;
+      load_row(a.k, a.dtype, (bh * a.Nk + key) * D, D, row);
+      if (key < a.k_nrope) {
+        const int64_t t = key % a.k_frame - (a.k_frame - a.k_nrot);
+        if (t >= 0) {
+          rotate_row(row, D, a.k_col_tab, a.k_row_tab, t % a.k_w, t / a.k_w);
+          round_row(row, D, in_round);
+        }
+      }
+      if (dot)
+        store_row(row, 1.0f, kBF16, j * D, D, krb);
+      else
+        round_row(row, D, cmp);
+    }
+    // S^T = K Q^T
+    if (dot)
+      gemm<true>(nk, ldq, kd, s.kr, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+    else
+      gemm<false>(nk, ldq, kd, s.kr, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+    // Online softmax down each column (query).
+    for (int64_t i0 = 0; i0 < ldq; i0 += W) {
+      vf mo = V::load(s.m + i0);
+      vf mx = V::set1(-__builtin_inff());
+      for (int64_t j = 0; j < nk; ++j) mx = V::max(mx, V::mul(V::load(s.s + j * ldq + i0), cmul));
+      vf mn = V::max(mo, mx);
+      vf alpha = V::exp2(V::sub(mo, mn));
+      vf sum = V::zero();
+      for (int64_t j = 0; j < nk; ++j) {
+        float* sp = s.s + j * ldq + i0;
+        vf pj = V::exp2(V::sub(V::mul(V::load(sp), cmul), mn));
+        if (!dot && cmp == kComputeBF16) pj = V::round_bf16(pj);
+        if (!dot && cmp == kComputeF16) pj = V::round_f16(pj);
+        V::store(sp, pj);
+        sum = V::add(sum, pj);
+      }
+      V::store(s.l + i0, V::fma(V::load(s.l + i0), alpha, sum));
+      V::store(s.m + i0, mn);
+      V::store(s.alpha + i0, alpha);
+    }
+    // V operand.
+    const float* vsrc;
+    int64_t ldv = Dvp;
+    const int64_t kp = dot ? (nk + 1) / 2 : nk;
+    if (dot) {
+      uint32_t* pp = reinterpret_cast<uint32_t*>(s.pp);
+      uint32_t* vp = reinterpret_cast<uint32_t*>(s.vb);
+      const vf z = V::zero();
+      for (int64_t jp = 0; jp < kp; ++jp) {
+        const bool has2 = 2 * jp + 1 < nk;
+        for (int64_t i0 = 0; i0 < ldq; i0 += W)
+          V::store_pairs(pp + jp * ldq + i0, V::load(s.s + 2 * jp * ldq + i0),
+                         has2 ? V::load(s.s + (2 * jp + 1) * ldq + i0) : z);
+        std::memset(s.row0 + Dv, 0, sizeof(float) * size_t(Dvp - Dv));
+        std::memset(s.row1, 0, sizeof(float) * size_t(Dvp));
+        load_row(a.v, a.dtype, (bh * a.Nk + k0 + 2 * jp) * Dv, Dv, s.row0);
+        if (has2) load_row(a.v, a.dtype, (bh * a.Nk + k0 + 2 * jp + 1) * Dv, Dv, s.row1);
+        for (int64_t c = 0; c < Dvp; c += W)
+          V::store_pairs(vp + jp * Dvp + c, V::load(s.row0 + c), V::load(s.row1 + c));
+      }
+      vsrc = s.vb;
+    } else if (p.v_direct) {
+      vsrc = static_cast<const float*>(a.v) + (bh * a.Nk + k0) * Dv;
+      ldv = Dv;
+    } else {
+      for (int64_t j = 0; j < nk; ++j) {
+        float* row = s.vb + j * Dvp;
+        load_row(a.v, a.dtype, (bh * a.Nk + k0 + j) * Dv, Dv, row);
+        std::memset(row + Dv, 0, sizeof(float) * size_t(Dvp - Dv));
+        round_row(row, Dv, cmp);
+      }
+      vsrc = s.vb;
+    }
+    // O = alpha * O + P V
+    if (dot)
+      gemm<true>(nq, Dvp, kp, s.pp, 1, ldq, vsrc, ldv, s.o, Dvp, true, s.alpha);
+    else
+      gemm<false>(nq, Dvp, kp, s.s, 1, ldq, vsrc, ldv, s.o, Dvp, true, s.alpha);
+  }
+  for (int64_t i = 0; i < nq; ++i)
+    store_row(s.o + i * Dvp, 1.0f / s.l[i], a.dtype, (bh * a.Nq + q0 + i) * Dv, Dv, a.out);
+}
+
+struct AttnJob {
+  const RopeAttnArgs* a;
+  AttnPlan p;
+  int64_t nqb;
+};
+
+void attn_body(void* ctx, int64_t b, int64_t e) {
+  const AttnJob& job = *static_cast<const AttnJob*>(ctx);
+  Arena ar(AttnScratch::bytes(*job.a, job.p));
+  AttnScratch s(ar, *job.a, job.p);
+  for (int64_t it = b; it < e; ++it)
+    attn_block(*job.a, job.p, it / job.nqb, (it % job.nqb) * job.p.Mb, s);
+}
+
+}  // namespace
+
+void rope_attention(const RopeAttnArgs& a, const Parallel& par) {
+  constexpr int64_t W = V::W;
+  AttnJob job;
+  job.a = &a;
+  AttnPlan& p = job.p;
+  p.dot = V::kBf16Dot && a.compute == kComputeBF16;
+  // Enough blocks for every thread, but no block narrower than one micro-tile strip.
+  int64_t Mb = 128;
+  const int64_t bh = a.B * a.H;
+  while (Mb > V::NR * W && bh * ceil_div(a.Nq, Mb) < 4 * int64_t(par.threads)) Mb /= 2;
+  p.Mb = Mb;
+  p.ldq = round_up(Mb, W);
+  p.Dvp = round_up(a.Dv, W);
+  p.v_direct = !p.dot && a.dtype == kF32 && a.compute == kComputeF32 && a.Dv % W == 0;
+  job.nqb = ceil_div(a.Nq, Mb);
+  par.run(par.self, bh * job.nqb, &job, &attn_body);
+}
+
+}  // namespace EDGETAM_ISA
+}  // namespace edgetam_cpu
