@@ -210,33 +210,43 @@ def _blocks(d: int, dv: int):
     return pow2(d // 2), pow2(dv)
 
 
-def default_config(bh: int, n_q: int, n_k: int, d: int, dv: int, device) -> dict:
-    """Heuristic tile choice. In the interpreter: small tiles and 2 key splits whenever there
-    are 2+ key blocks, so the split + merge path is what the tests exercise."""
+def default_config(bh: int, n_q: int, n_k: int, d: int, dv: int, device,
+                   esize: int = 2) -> dict:
+    """Heuristic tile choice (esize: bytes per compute-dtype element). In the interpreter:
+    small tiles and 2 key splits whenever there are 2+ key blocks, so the split + merge path is
+    what the tests exercise."""
     if device.type != "cuda" or interpreting():
         bn = 32
         return dict(BLOCK_M=32, BLOCK_N=bn, SPLITS=min(2, triton.cdiv(n_k, bn)),
                     num_warps=4, num_stages=1)
-    bdh, bdv = _blocks(d, dv)
-    big = max(2 * bdh, bdv) >= 256
-    bm, bn = (64, 64) if big else (128, 64)
-    warps = 8 if big else 4
+    bm, bn, warps, stages = candidate_tiles(d, dv, esize)[0]
     tiles = triton.cdiv(n_q, bm) * bh
     k_blocks = triton.cdiv(n_k, bn)
     # Enough programs for about one full wave over the SMs (2 CTAs per SM fit for these tiles).
     splits = max(1, min(k_blocks, 8, triton.cdiv(2 * num_sms(device), tiles)))
-    return dict(BLOCK_M=bm, BLOCK_N=bn, SPLITS=splits, num_warps=warps, num_stages=2)
+    return dict(BLOCK_M=bm, BLOCK_N=bn, SPLITS=splits, num_warps=warps, num_stages=stages)
 
 
-def candidate_configs(bh, n_q, n_k, d, dv, device):
-    """The small autotune set: tiles that suit head dims 64 and 256 (EdgeTAM's perceiver and
-    memory attention) crossed with 1-4 key splits."""
+def candidate_tiles(d: int, dv: int, esize: int = 2):
+    """(BLOCK_M, BLOCK_N, warps, stages), first = default. Sized so that shared memory fits an
+    H100 (227 KB) and an A100 (163 KB): for head dim 256 in bf16 the 64 x 64 tile with two
+    stages takes 128 KB (checked by bench/triton_aot_check.py); fp32 needs half the tile."""
     bdh, bdv = _blocks(d, dv)
     big = max(2 * bdh, bdv) >= 256
-    tiles = [(64, 64, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)] if big else \
-        [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 2)]
+    if big and esize == 4:
+        return [(64, 32, 8, 1), (32, 32, 4, 1), (64, 16, 4, 2), (32, 64, 4, 1)]
+    if big:
+        return [(64, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2), (128, 64, 8, 1)]
+    if esize == 4:
+        return [(64, 64, 4, 2), (128, 32, 4, 2), (64, 32, 4, 3), (32, 64, 4, 2)]
+    return [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 2)]
+
+
+def candidate_configs(bh, n_q, n_k, d, dv, device, esize: int = 2):
+    """The small autotune set: tiles that suit head dims 64 and 256 (EdgeTAM's perceiver and
+    memory attention) crossed with 1-4 key splits (splits need no recompilation)."""
     out = []
-    for bm, bn, warps, stages in tiles:
+    for bm, bn, warps, stages in candidate_tiles(d, dv, esize):
         k_blocks = triton.cdiv(n_k, bn)
         for splits in (1, 2, 3, 4):
             if splits <= k_blocks:
@@ -331,13 +341,15 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
         _launch(q, k, v, out, tab, geo, qk_scale, cdt, cfg)
 
     if config is None:
+        esize = torch.empty((), dtype=cdt).element_size()
         key = (str(q.device), b * h, n_q, n_k, d, dv, q.dtype, cdt, fp32_precision())
         config = _TUNED.get(key)
         if config is None:
             capturing = q.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
             if _autotune_enabled(q.device) and not capturing:
-                config = _tune(key, run, candidate_configs(b * h, n_q, n_k, d, dv, q.device))
+                config = _tune(key, run, candidate_configs(b * h, n_q, n_k, d, dv, q.device,
+                                                           esize))
             if config is None:
-                config = default_config(b * h, n_q, n_k, d, dv, q.device)
+                config = default_config(b * h, n_q, n_k, d, dv, q.device, esize)
     run(config)
     return out

@@ -1,0 +1,134 @@
+"""Compile every Triton kernel for a GPU target without a GPU (Triton front end + ptxas).
+
+Catches what the interpreter cannot: code that does not lower for real hardware, shared memory
+above the target's limit, register spills. It runs the public launchers on CPU tensors with each
+kernel launch replaced by an ahead-of-time compile of the same arguments.
+
+    python bench/triton_aot_check.py [--arch 90] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for real hardware, not the interpreter
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from edgetam_kernels.triton import perceiver, rope_attention as ra  # noqa: E402
+
+PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+RESULTS = []
+SMEM_LIMIT = {90: 232448, 80: 166912, 89: 101376, 86: 101376}
+
+
+class AotKernel:
+    def __init__(self, fn, target):
+        self.fn, self.target = fn, target
+
+    def __getitem__(self, grid):
+        def launch(*args, num_warps=4, num_stages=3, **kw):
+            names = self.fn.arg_names
+            values = dict(zip(names, args))
+            values.update(kw)
+            sig, consts = {}, {}
+            for name in names:
+                v = values[name]
+                p = self.fn.params[names.index(name)]
+                if p.is_constexpr:
+                    sig[name] = "constexpr"
+                    consts[name] = v
+                elif isinstance(v, torch.Tensor):
+                    sig[name] = PTR[v.dtype]
+                elif isinstance(v, bool):
+                    sig[name] = "i1"
+                elif isinstance(v, int):
+                    sig[name] = "i64" if abs(v) >= 2**31 else "i32"
+                else:
+                    sig[name] = "fp32"
+            t = time.time()
+            src = ASTSource(fn=self.fn, signature=sig, constexprs=consts)
+            shown = {k: (str(v) if not isinstance(v, (int, bool, str)) else v)
+                     for k, v in consts.items() if k.isupper() and k != "INTERP"}
+            try:
+                k = triton.compile(src, target=self.target,
+                                   options=dict(num_warps=num_warps, num_stages=num_stages))
+                smem = k.metadata.shared
+                limit = SMEM_LIMIT.get(self.target.arch, 101376)
+                status = "ok" if smem <= limit else f"SMEM {smem} > {limit}"
+                n_spills = getattr(k, "n_spills", None)
+                RESULTS.append((self.fn.__name__, shown, num_warps, num_stages, status, smem,
+                                time.time() - t))
+            except Exception as e:  # noqa: BLE001
+                RESULTS.append((self.fn.__name__, shown, num_warps, num_stages,
+                                f"FAIL {type(e).__name__}: {str(e)[:300]}", 0, time.time() - t))
+            print(*RESULTS[-1], flush=True)
+
+        return launch
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--quick", action="store_true", help="two configs per kernel and dtype")
+    ap.add_argument("--fp32-only", action="store_true", help="only the fp32 attention configs")
+    a = ap.parse_args()
+    target = GPUTarget("cuda", a.arch, 32)
+    ra._rope_attn_fwd = AotKernel(ra._rope_attn_fwd, target)
+    ra._merge_splits = AotKernel(ra._merge_splits, target)
+    for name in ("_ln_kv", "_cross", "_self"):
+        setattr(perceiver, name, AotKernel(getattr(perceiver, name), target))
+    perceiver._tiles = lambda device: dict(BLOCK_L=16, BLOCK_N=64, BLOCK_T=64, num_warps=4)
+
+    dtypes = (torch.bfloat16, torch.float16, torch.float32)
+    for dt in dtypes:
+        for d in ((256,) if a.quick else (256, 64)):
+            q = torch.empty(1, 1, 4096, d, dtype=dt)
+            k = torch.empty(1, 1, 3648, d, dtype=dt)
+            tab = ra.rope_table(64, d, 10000.0, q.device)
+            out = torch.empty(1, 1, 4096, d, dtype=dt)
+            geo = dict(q_w=64, k_w=16, frame=512, n_front=256, n_rope=3584)
+            cfgs = ra.candidate_configs(1, 4096, 3648, d, d, torch.device("cpu"),
+                                        torch.empty((), dtype=dt).element_size())
+            seen = set()
+            for cfg in cfgs:
+                key = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"],
+                       cfg["SPLITS"] > 1)
+                if key in seen or (a.quick and len(seen) >= 2) or (a.fp32_only and dt != torch.float32):
+                    continue
+                seen.add(key)
+                ra._launch(q, k, k, out, tab, geo, 0.09, dt, cfg)
+    # perceiver at EdgeTAM widths
+    for dt in (() if a.fp32_only else dtypes):
+        g = dict(dtype=dt)
+        x = torch.randn(1, 64, 64, 64, **g)
+        ws = []
+        for _ in range(2):
+            ws += [torch.ones(64, **g), torch.zeros(64, **g)] * 2
+            ws += [torch.randn(64, 64, **g), torch.randn(128, 64, **g), torch.randn(64, 64, **g)]
+            ws += [torch.ones(64, **g), torch.zeros(64, **g), torch.randn(256, 64, **g),
+                   torch.randn(64, 256, **g)]
+            ws += [torch.ones(64, **g), torch.zeros(64, **g)]
+            ws += [torch.randn(64, 64, **g), torch.randn(128, 64, **g), torch.randn(64, 64, **g)]
+            ws += [torch.ones(64, **g), torch.zeros(64, **g), torch.randn(256, 64, **g),
+                   torch.randn(64, 256, **g)]
+        lat = torch.randn(256, 64, **g)
+        perceiver.spatial_perceiver(x, x, lat, lat, ws, ws[0], ws[1], 2, 1, True, 1e-5)
+        if a.quick:
+            break
+    bad = [r for r in RESULTS if r[4] != "ok"]
+    print(f"\n{len(RESULTS)} compiles, {len(bad)} problems, sm_{a.arch}")
+    for r in bad:
+        print("  ", r)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
