@@ -109,6 +109,8 @@ def test_fp16_inputs_fp32_compute():
     dict(BLOCK_M=32, BLOCK_N=16, SPLITS=3),
     dict(BLOCK_M=16, BLOCK_N=32, SPLITS=4),   # 4 asked, fewer non-empty splits exist
     dict(BLOCK_M=64, BLOCK_N=64, SPLITS=1),   # one key block: single pass
+    dict(BLOCK_M=16, BLOCK_N=16, SPLITS=1, PRE_ROT=True),   # keys rotated by the pre-pass
+    dict(BLOCK_M=16, BLOCK_N=32, SPLITS=2, PRE_ROT=True),
 ])
 def test_tiles_and_key_splits(cfg):
     q, k, v, kw = make(2, 1, (5, 7), (2, 2), 3, 2, 5, 32)   # 23 keys, 35 queries
@@ -125,11 +127,12 @@ def test_every_output_element_written(monkeypatch):
     monkeypatch.setattr(torch, "empty",
                         lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
     q, k, v, kw = make(2, 2, (5, 7), (2, 2), 3, 2, 5, 32)
-    for splits in (1, 2):
+    for splits, pre_rot in ((1, False), (2, False), (2, True)):
         out = torch.full((2, 2, 35, 32), float("nan"), device=DEV)
         _kernel()(q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"], kw["num_k_exclude_rope"],
                   10000.0, None, None, out=out,
-                  config=dict(BLOCK_M=16, BLOCK_N=16, SPLITS=splits, num_warps=4, num_stages=1))
+                  config=dict(BLOCK_M=16, BLOCK_N=16, SPLITS=splits, PRE_ROT=pre_rot,
+                              num_warps=4, num_stages=1))
         assert not torch.isnan(out).any()
         ref = ref64(q, k, v, kw)
         assert torch.allclose(out.double(), ref, atol=1e-5, rtol=1e-5)

@@ -17,6 +17,9 @@ Layout of the work:
 - The rotation is done in fp32 and rounded to the input dtype (as the reference does), then to
   the compute dtype; softmax statistics and accumulators are fp32 (exp2 with log2(e) folded
   into the scale).
+- Keys: with several query tiles per head (EdgeTAM: 64), a pre-pass (_rope_keys) rotates k
+  once into a [even | odd] copy in the compute dtype and the main loop loads it contiguously;
+  with few query tiles the main loop rotates k tiles on load (no extra launch or buffer).
 - Flash-decoding split: at batch 1 with one head, 4096 queries give 32-64 query tiles, too few
   for 132 SMs. The key range is cut into `splits` contiguous chunks of whole key blocks; each
   program writes its normalised partial output and log2-sum-exp, and a second small kernel
@@ -53,6 +56,43 @@ def _rope_tile(x0, x1, tab_ptr, tab_stride, sin_off, pos_col, pos_row, rot, j, D
 
 
 @triton.jit
+def _key_positions(offs_n, frame, n_front, n_rope, k_w):
+    """Key rules: keys < n_rope form frames of `frame` tokens whose first n_front are not
+    rotated and the rest lie row-major on a grid k_w wide; later keys are never rotated."""
+    w = offs_n % frame
+    rot = (offs_n < n_rope) & (w >= n_front)
+    t = tl.where(rot, w - n_front, 0)
+    return t % k_w, t // k_w, rot
+
+
+@triton.jit
+def _rope_keys(
+    K, KR, TAB, skb, skh, skn, skd, H, NK, D, k_w, frame, n_front, n_rope, tab_stride, sin_off,
+    CDT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DH: tl.constexpr, INTERP: tl.constexpr,
+):
+    """KR[bh, n] = [even | odd] halves of rope(k[b, h, n]) in the compute dtype, (B*H, NK, D)."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    DH = D // 2
+    IN_DT = K.dtype.element_ty
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    jh = tl.arange(0, BLOCK_DH)
+    mask = (offs_n < NK)[:, None] & (jh < DH)[None, :]
+    ptr = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    ptr += offs_n[:, None].to(tl.int64) * skn + (2 * jh)[None, :] * skd
+    k0 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    k1 = tl.load(ptr + skd, mask=mask, other=0.0).to(tl.float32)
+    col, row, rot = _key_positions(offs_n, frame, n_front, n_rope, k_w)
+    k0, k1 = _rope_tile(k0, k1, TAB, tab_stride, sin_off, col[:, None], row[:, None],
+                        rot[:, None], jh[None, :], D // 4, DH)
+    out = KR + (pid_bh.to(tl.int64) * NK + offs_n[:, None]) * D + jh[None, :]
+    tl.store(out, cast(cast(k0, IN_DT, INTERP).to(tl.float32), CDT, INTERP), mask=mask)
+    tl.store(out + DH, cast(cast(k1, IN_DT, INTERP).to(tl.float32), CDT, INTERP), mask=mask)
+
+
+@triton.jit
 def _rope_attn_fwd(
     Q, K, V, O, TAB, PO, PLSE,
     sqb, sqh, sqn, sqd,
@@ -65,7 +105,8 @@ def _rope_attn_fwd(
     keys_per_split, qk_scale,
     CDT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DH: tl.constexpr,
-    BLOCK_DV: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_DV: tl.constexpr, SPLIT: tl.constexpr, PRE_ROT: tl.constexpr, PREC: tl.constexpr,
+    INTERP: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -103,19 +144,23 @@ def _rope_attn_fwd(
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < hi
-        # k tile loaded transposed, (BLOCK_DH, BLOCK_N), so tl.dot needs no transpose.
-        k_ptr = k_base + offs_n[None, :].to(tl.int64) * skn + (2 * jh)[:, None] * skd
         k_mask = n_ok[None, :] & (jh < DH)[:, None]
-        k0 = tl.load(k_ptr, mask=k_mask, other=0.0).to(tl.float32)
-        k1 = tl.load(k_ptr + skd, mask=k_mask, other=0.0).to(tl.float32)
-        w = offs_n % frame
-        rot = (offs_n < n_rope) & (w >= n_front)
-        t = tl.where(rot, w - n_front, 0)
-        # Same rotation as for q, on the transposed tile (pairs on dim 0, tokens on dim 1).
-        k0, k1 = _rope_tile(k0, k1, TAB, tab_stride, sin_off, (t % k_w)[None, :],
-                            (t // k_w)[None, :], rot[None, :], jh[:, None], D4, DH)
-        k0 = cast(cast(k0, IN_DT, INTERP).to(tl.float32), CDT, INTERP)
-        k1 = cast(cast(k1, IN_DT, INTERP).to(tl.float32), CDT, INTERP)
+        # k tile loaded transposed, (BLOCK_DH, BLOCK_N), so tl.dot needs no transpose.
+        if PRE_ROT:
+            # K is the pre-rotated copy from _rope_keys: [even | odd] halves, compute dtype.
+            k_ptr = k_base + offs_n[None, :].to(tl.int64) * skn + jh[:, None]
+            k0 = tl.load(k_ptr, mask=k_mask, other=0.0)
+            k1 = tl.load(k_ptr + DH, mask=k_mask, other=0.0)
+        else:
+            k_ptr = k_base + offs_n[None, :].to(tl.int64) * skn + (2 * jh)[:, None] * skd
+            k0 = tl.load(k_ptr, mask=k_mask, other=0.0).to(tl.float32)
+            k1 = tl.load(k_ptr + skd, mask=k_mask, other=0.0).to(tl.float32)
+            col, row, rot = _key_positions(offs_n, frame, n_front, n_rope, k_w)
+            # Same rotation as for q, on the transposed tile (pairs on dim 0, tokens on dim 1).
+            k0, k1 = _rope_tile(k0, k1, TAB, tab_stride, sin_off, col[None, :], row[None, :],
+                                rot[None, :], jh[:, None], D4, DH)
+            k0 = cast(cast(k0, IN_DT, INTERP).to(tl.float32), CDT, INTERP)
+            k1 = cast(cast(k1, IN_DT, INTERP).to(tl.float32), CDT, INTERP)
 
         qk = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         qk = dot(q0, k0, qk, PREC, INTERP)
@@ -218,13 +263,21 @@ def default_config(bh: int, n_q: int, n_k: int, d: int, dv: int, device,
     if device.type != "cuda" or interpreting():
         bn = 32
         return dict(BLOCK_M=32, BLOCK_N=bn, SPLITS=min(2, triton.cdiv(n_k, bn)),
-                    num_warps=4, num_stages=1)
+                    PRE_ROT=n_q >= 64, num_warps=4, num_stages=1)
     bm, bn, warps, stages = candidate_tiles(d, dv, esize)[0]
     tiles = triton.cdiv(n_q, bm) * bh
     k_blocks = triton.cdiv(n_k, bn)
     # Enough programs for about one full wave over the SMs (2 CTAs per SM fit for these tiles).
     splits = max(1, min(k_blocks, 8, triton.cdiv(2 * num_sms(device), tiles)))
-    return dict(BLOCK_M=bm, BLOCK_N=bn, SPLITS=splits, num_warps=warps, num_stages=stages)
+    return dict(BLOCK_M=bm, BLOCK_N=bn, SPLITS=splits, PRE_ROT=_pre_rotate(n_q, bm),
+                num_warps=warps, num_stages=stages)
+
+
+def _pre_rotate(n_q: int, block_m: int) -> bool:
+    """Rotate keys once in a pre-pass when several query tiles would each rotate them again
+    (EdgeTAM: 64 tiles share every key). The pre-pass costs one launch and a read + write of
+    k; rotating on load costs strided loads and two cos/sin gathers per key per query tile."""
+    return triton.cdiv(n_q, block_m) >= 4
 
 
 def candidate_tiles(d: int, dv: int, esize: int = 2):
@@ -246,12 +299,16 @@ def candidate_configs(bh, n_q, n_k, d, dv, device, esize: int = 2):
     """The small autotune set: tiles that suit head dims 64 and 256 (EdgeTAM's perceiver and
     memory attention) crossed with 1-4 key splits (splits need no recompilation)."""
     out = []
-    for bm, bn, warps, stages in candidate_tiles(d, dv, esize):
+    tiles = candidate_tiles(d, dv, esize)
+    for i, (bm, bn, warps, stages) in enumerate(tiles):
         k_blocks = triton.cdiv(n_k, bn)
-        for splits in (1, 2, 3, 4):
-            if splits <= k_blocks:
-                out.append(dict(BLOCK_M=bm, BLOCK_N=bn, SPLITS=splits, num_warps=warps,
-                                num_stages=stages))
+        pre = _pre_rotate(n_q, bm)
+        # the default tile is also tried the other way (keys rotated on load / pre-rotated)
+        for pre_rot in ((pre, not pre) if i == 0 else (pre,)):
+            for splits in (1, 2, 3, 4):
+                if splits <= k_blocks:
+                    out.append(dict(BLOCK_M=bm, BLOCK_N=bn, SPLITS=splits, PRE_ROT=pre_rot,
+                                    num_warps=warps, num_stages=stages))
     return out
 
 
@@ -277,17 +334,31 @@ def _launch(q, k, v, out, tab, geo, qk_scale, cdt, cfg):
         plse = torch.empty((splits, b * h, n_q), device=q.device, dtype=torch.float32)
     else:
         po = plse = out  # unused
+    pre_rot = cfg.get("PRE_ROT", False)
+    k_in = k
+    if pre_rot:
+        # Rotate each key once instead of once per query tile.
+        k_in = torch.empty((b * h, n_k, d), device=q.device, dtype=cdt)
+        bn = 64
+        _rope_keys[(triton.cdiv(n_k, bn), b * h)](
+            k, k_in, tab, *k.stride(), h, n_k, d, geo["k_w"], geo["frame"], geo["n_front"],
+            geo["n_rope"], tab.stride(1), tab.stride(0),
+            CDT=TL_DTYPE[cdt], BLOCK_N=bn, BLOCK_DH=bdh, INTERP=interpreting(), num_warps=4,
+        )
+        k_strides = (h * n_k * d, n_k * d, d, 1)
+    else:
+        k_strides = k.stride()
     grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), b * h, splits)
     _rope_attn_fwd[grid](
-        q, k, v, out, tab, po, plse,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        q, k_in, v, out, tab, po, plse,
+        *q.stride(), *k_strides, *v.stride(), *out.stride(),
         h, n_q, n_k, d, dv,
         geo["q_w"], geo["k_w"], geo["frame"], geo["n_front"], geo["n_rope"],
         tab.stride(1), tab.stride(0),
         per_split, qk_scale,
         CDT=TL_DTYPE[cdt], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_DH=bdh,
-        BLOCK_DV=bdv, SPLIT=splits > 1, PREC=fp32_precision(), INTERP=interpreting(),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        BLOCK_DV=bdv, SPLIT=splits > 1, PRE_ROT=pre_rot, PREC=fp32_precision(),
+        INTERP=interpreting(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:
         bm = 64 if bdv <= 128 else 32

@@ -4,7 +4,7 @@ Catches what the interpreter cannot: code that does not lower for real hardware,
 above the target's limit, register spills. It runs the public launchers on CPU tensors with each
 kernel launch replaced by an ahead-of-time compile of the same arguments.
 
-    python bench/triton_aot_check.py [--arch 90] [--quick]
+    python -m edgetam_kernels.triton.aot_check [--arch 90] [--quick]   (TRITON_INTERPRET unset)
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import os
 import sys
 import time
 
-os.environ.pop("TRITON_INTERPRET", None)  # compile for real hardware, not the interpreter
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    sys.exit("unset TRITON_INTERPRET: this compiles the kernels for real hardware")
 
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from edgetam_kernels.triton import perceiver, rope_attention as ra  # noqa: E402
+from edgetam_kernels.triton import perceiver  # noqa: E402
+from edgetam_kernels.triton import rope_attention as ra  # noqa: E402
 
 PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 RESULTS = []
@@ -83,6 +84,7 @@ def main():
     target = GPUTarget("cuda", a.arch, 32)
     ra._rope_attn_fwd = AotKernel(ra._rope_attn_fwd, target)
     ra._merge_splits = AotKernel(ra._merge_splits, target)
+    ra._rope_keys = AotKernel(ra._rope_keys, target)
     for name in ("_ln_kv", "_cross", "_self"):
         setattr(perceiver, name, AotKernel(getattr(perceiver, name), target))
     perceiver._tiles = lambda device: dict(BLOCK_L=16, BLOCK_N=64, BLOCK_T=64, num_warps=4)
@@ -100,8 +102,8 @@ def main():
             seen = set()
             for cfg in cfgs:
                 key = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"],
-                       cfg["SPLITS"] > 1)
-                if key in seen or (a.quick and len(seen) >= 2) or (a.fp32_only and dt != torch.float32):
+                       cfg["SPLITS"] > 1, cfg.get("PRE_ROT", False))
+                if key in seen or (a.quick and len(seen) >= 3) or (a.fp32_only and dt != torch.float32):
                     continue
                 seen.add(key)
                 ra._launch(q, k, k, out, tab, geo, 0.09, dt, cfg)
