@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -240,11 +241,13 @@ def test_metal_supports():
 # ---------------------------------------------------------------------------------------------
 
 
+TSAN_ENV = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 exitcode=66 report_signal_unsafe=0")
+
+
 @pytest.fixture(scope="session")
 def tsan_lib():
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 exitcode=66 report_signal_unsafe=0")
     try:
-        lib = emu.EmuLibrary("tsan", env=env)
+        lib = emu.EmuLibrary("tsan", env=TSAN_ENV)
     except emu.EmuError as e:
         pytest.skip(f"no ThreadSanitizer build: {e}")
     try:  # TSan's runtime refuses some kernels' address layouts (high mmap ASLR entropy)
@@ -283,3 +286,20 @@ def test_metal_tsan_finds_no_race(tsan_lib, family):
         fn = reference.spatial_perceiver
     assert not tsan_lib.reports, "\n".join(tsan_lib.reports)
     _check(out, args, fn, torch.float32, what=f"{family} under TSan")
+
+
+def test_metal_tsan_catches_a_barrier_removed_from_attention(tsan_lib, tmp_path):
+    """Mutation test: the attention kernel with the barrier between staging a key tile and
+    reading it removed must be reported; the unmodified kernel passes above."""
+    mutated = tmp_path / "kernels"
+    shutil.copytree(emu.KERNEL_DIR, mutated)
+    src = (mutated / "attention.metal").read_text()
+    staged = "k_s[j][2 * (p - c0 / 2) + 1] = y1;\n      }\n"
+    barrier = "      threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    assert src.count(staged + barrier) == 1
+    (mutated / "attention.metal").write_text(src.replace(staged + barrier, staged))
+    lib = emu.EmuLibrary("tsan", env=TSAN_ENV, kernel_dir=mutated)
+    args = cases.rope_case(b=1, h=1, q_grid=(3, 3), d=64, frames=1, latents=2, k_grid=(5, 7),
+                           ptr=3)
+    with pytest.raises(emu.EmuError, match="data race"):
+        _launch.rope_attention(lib, *args)

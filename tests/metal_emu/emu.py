@@ -47,9 +47,9 @@ class EmuError(RuntimeError):
 SELFTEST = HERE / "selftest.metal"  # kernels testing the emulator itself
 
 
-def metal_files() -> List[Path]:
-    """The shipped kernels, and the emulator's self-test kernels."""
-    return sorted(KERNEL_DIR.glob("*.metal")) + [SELFTEST]
+def metal_files(kernel_dir: Path = KERNEL_DIR) -> List[Path]:
+    """The shipped kernels (or a modified copy of them), and the emulator's self-test kernels."""
+    return sorted(Path(kernel_dir).glob("*.metal")) + [SELFTEST]
 
 
 def cache_root() -> Path:
@@ -57,9 +57,10 @@ def cache_root() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "edgetam_kernels" / "metal_emu"
 
 
-def _key(variant: str) -> str:
+def _key(variant: str, kernel_dir: Path) -> str:
     h = hashlib.sha256()
-    for p in [*metal_files(), *KERNEL_DIR.glob("*.h"), *RUNTIME, *HEADERS, HERE / "bindgen.py"]:
+    for p in [*metal_files(kernel_dir), *sorted(Path(kernel_dir).glob("*.h")), *RUNTIME, *HEADERS,
+              HERE / "bindgen.py"]:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     h.update(" ".join([CXX, *BASE_FLAGS, *VARIANTS[variant]]).encode())
@@ -71,9 +72,9 @@ def compile_cmd(src: Path, obj: Path, variant: str) -> List[str]:
     return [CXX, *BASE_FLAGS, *VARIANTS[variant], "-c", str(src), "-o", str(obj)]
 
 
-def build(variant: str = "release") -> Path:
+def build(variant: str = "release", kernel_dir: Path = KERNEL_DIR) -> Path:
     """Path of the runner binary, compiling it if this source state has not been built yet."""
-    out = cache_root() / f"{variant}-{_key(variant)}"
+    out = cache_root() / f"{variant}-{_key(variant, kernel_dir)}"
     runner = out / "runner"
     if runner.exists():
         return runner
@@ -81,7 +82,7 @@ def build(variant: str = "release") -> Path:
     tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=f".{variant}-"))
     try:
         srcs = list(RUNTIME)
-        for m in metal_files():
+        for m in metal_files(kernel_dir):
             glue = tmp / f"{m.stem}.emu.cpp"
             bindgen.generate(m, glue)
             srcs.append(glue)
@@ -102,10 +103,19 @@ def build(variant: str = "release") -> Path:
             tmp.rename(out)
         except OSError:  # built concurrently by another process: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
+        _prune()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return runner
+
+
+def _prune(keep: int = 8) -> None:
+    """Builds of older source states pile up while kernels are edited: keep the newest few."""
+    builds = sorted((p for p in cache_root().iterdir() if p.is_dir() and not p.name.startswith(".")),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _wait(procs):
@@ -190,8 +200,9 @@ class EmuKernel:
 class EmuLibrary:
     """Quacks like torch.mps.compile_shader's library, executing on the emulator."""
 
-    def __init__(self, variant: str = "release", timeout: float = 900.0, env=None):
-        self.runner = build(variant)
+    def __init__(self, variant: str = "release", timeout: float = 900.0, env=None,
+                 kernel_dir: Path = KERNEL_DIR):
+        self.runner = build(variant, kernel_dir)
         self.timeout = timeout
         self.env = env
         self.workdir = None

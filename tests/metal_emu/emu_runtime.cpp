@@ -5,6 +5,7 @@
 #include "emu_runtime.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -25,20 +26,20 @@ namespace emu {
 
 namespace {
 
-// A reusable barrier that also catches what would hang or be undefined on a GPU: a thread that
-// returns from the kernel while others wait (or arrive later), and waits that never end.
+// One synchronization point. Its mutex is the only thing threads share when they meet here.
 class Barrier {
  public:
-  void reset(unsigned n, const char* what) {
+  void reset(unsigned n) {
     std::lock_guard<std::mutex> lk(m_);
     total_ = n;
-    waiting_ = retired_ = 0;
-    what_ = what;
+    waiting_ = 0;
   }
-  void arrive_and_wait() {
+  // `retired` counts threads that returned from the kernel; arriving after one did is a
+  // divergent barrier (undefined on a GPU, a hang here), reported instead.
+  void arrive_and_wait(const char* what, const std::atomic<unsigned>& retired) {
     std::unique_lock<std::mutex> lk(m_);
-    if (retired_ > 0)
-      fail(std::string(what_) + " reached after " + std::to_string(retired_) + " of " +
+    if (unsigned r = retired.load(std::memory_order_relaxed))
+      fail(std::string(what) + " reached after " + std::to_string(r) + " of " +
            std::to_string(total_) + " threads had returned (divergent barrier)");
     const unsigned long gen = gen_;
     if (++waiting_ == total_) {
@@ -48,42 +49,69 @@ class Barrier {
       return;
     }
     if (!cv_.wait_for(lk, std::chrono::seconds(300), [&] { return gen_ != gen; }))
-      fail(std::string(what_) + ": " + std::to_string(waiting_) + " of " + std::to_string(total_) +
+      fail(std::string(what) + ": " + std::to_string(waiting_) + " of " + std::to_string(total_) +
            " threads waited 300 s for the others (deadlock: barrier in divergent control flow?)");
   }
-  // The calling thread has returned from the kernel.
-  void retire() {
+  unsigned waiting() {
     std::lock_guard<std::mutex> lk(m_);
-    ++retired_;
-    if (waiting_ > 0)
-      fail(std::string(what_) + ": a thread returned while " + std::to_string(waiting_) +
-           " others waited (divergent barrier)");
+    return waiting_;
   }
 
  private:
   std::mutex m_;
   std::condition_variable cv_;
-  unsigned total_ = 0, waiting_ = 0, retired_ = 0;
+  unsigned total_ = 0, waiting_ = 0;
   unsigned long gen_ = 0;
+};
+
+// A barrier used over and over by the same threads. Consecutive uses alternate between two
+// Barrier objects: with a single mutex, a thread racing ahead to the next use would lock it
+// before a slow thread re-locks it on waking from the previous one, and ThreadSanitizer would
+// see a happens-before edge Metal does not have, hiding races between the two barriers.
+class PhasedBarrier {
+ public:
+  void reset(unsigned n, const char* what) {
+    b_[0].reset(n);
+    b_[1].reset(n);
+    retired_.store(0, std::memory_order_relaxed);
+    what_ = what;
+  }
+  void arrive_and_wait(unsigned& phase) {
+    b_[phase & 1].arrive_and_wait(what_, retired_);
+    ++phase;
+  }
+  // The calling thread has returned from the kernel (relaxed: retiring synchronizes nothing).
+  void retire() {
+    retired_.fetch_add(1, std::memory_order_relaxed);
+    for (auto& b : b_)
+      if (unsigned w = b.waiting())
+        fail(std::string(what_) + ": a thread returned while " + std::to_string(w) +
+             " others waited (divergent barrier)");
+  }
+
+ private:
+  Barrier b_[2];
+  std::atomic<unsigned> retired_{0};
   const char* what_ = "";
 };
 
 constexpr std::size_t kSlotBytes = 64;  // largest value a simd function exchanges (a float4x4 would not fit)
 
 struct SimdCtx {
-  Barrier bar;
+  PhasedBarrier bar;
   unsigned lanes = 0;
   alignas(16) unsigned char slots[kSimdWidth][kSlotBytes];
 };
 
 struct GroupCtx {
-  Barrier bar;
+  PhasedBarrier bar;
   std::vector<std::unique_ptr<SimdCtx>> simd;
 };
 
 thread_local GroupCtx* t_group = nullptr;
 thread_local SimdCtx* t_simd = nullptr;
 thread_local unsigned t_lane = 0;
+thread_local unsigned t_group_phase = 0, t_simd_phase = 0;
 
 std::map<std::string, KernelInfo>& registry() {
   static std::map<std::string, KernelInfo> r;
@@ -111,12 +139,12 @@ std::vector<const KernelInfo*> all_kernels() {
 
 void threadgroup_barrier() {
   if (!t_group) fail("threadgroup_barrier outside a kernel");
-  t_group->bar.arrive_and_wait();
+  t_group->bar.arrive_and_wait(t_group_phase);
 }
 
 void simdgroup_barrier() {
   if (!t_simd) fail("simdgroup_barrier outside a kernel");
-  t_simd->bar.arrive_and_wait();
+  t_simd->bar.arrive_and_wait(t_simd_phase);
 }
 
 unsigned lane_id() { return t_lane; }
@@ -126,11 +154,11 @@ unsigned simd_exchange(const void* mine, std::size_t bytes, void* all) {
   if (bytes > kSlotBytes) fail("simdgroup function on a value wider than 64 bytes");
   SimdCtx& s = *t_simd;
   std::memcpy(s.slots[t_lane], mine, bytes);
-  s.bar.arrive_and_wait();  // every lane has written its slot
+  s.bar.arrive_and_wait(t_simd_phase);  // every lane has written its slot
   auto* out = static_cast<unsigned char*>(all);
   std::memset(out, 0, bytes * kSimdWidth);
   for (unsigned l = 0; l < s.lanes; ++l) std::memcpy(out + l * bytes, s.slots[l], bytes);
-  s.bar.arrive_and_wait();  // every lane has read: slots may be overwritten
+  s.bar.arrive_and_wait(t_simd_phase);  // every lane has read: slots may be overwritten
   return s.lanes;
 }
 
@@ -142,8 +170,12 @@ std::string dispatch(const KernelInfo& k, void* const* args, U3 threads, U3 grou
   const U3 ngroups{ceil_div(threads.x, group.x), ceil_div(threads.y, group.y), ceil_div(threads.z, group.z)};
   const unsigned long total_groups = (unsigned long)ngroups.x * ngroups.y * ngroups.z;
 
-  Barrier pool;  // all workers, between threadgroups
-  pool.reset(nmax, "emulator pool barrier");
+  // All workers meet before and after each threadgroup, at two distinct barriers (see
+  // PhasedBarrier for why distinct).
+  Barrier pool_start, pool_end;
+  pool_start.reset(nmax);
+  pool_end.reset(nmax);
+  const std::atomic<unsigned> none{0};
   GroupCtx ctx;
   U3 actual{};  // this threadgroup's size (edge groups of a non-uniform dispatch are smaller)
   U3 gpos{};
@@ -165,7 +197,7 @@ std::string dispatch(const KernelInfo& k, void* const* args, U3 threads, U3 grou
           ctx.simd[s]->bar.reset(ctx.simd[s]->lanes, "simdgroup barrier/function");
         }
       }
-      pool.arrive_and_wait();
+      pool_start.arrive_and_wait("emulator pool barrier", none);
       const unsigned n = actual.x * actual.y * actual.z;
       if (id < n) {
         ThreadIds t{};
@@ -186,13 +218,14 @@ std::string dispatch(const KernelInfo& k, void* const* args, U3 threads, U3 grou
         t_group = &ctx;
         t_simd = ctx.simd[id / kSimdWidth].get();
         t_lane = id % kSimdWidth;
+        t_group_phase = t_simd_phase = 0;
         k.launch(args, t);
         t_simd->bar.retire();
         ctx.bar.retire();
         t_group = nullptr;
         t_simd = nullptr;
       }
-      pool.arrive_and_wait();
+      pool_end.arrive_and_wait("emulator pool barrier", none);
     }
   };
   std::vector<std::thread> ts;

@@ -113,7 +113,7 @@ kernel void rope_attention(
 
   float m[ATT_QPS], l[ATT_QPS], o[ATT_QPS][ATT_MAXDV / SIMD_WIDTH];
   for (int qi = 0; qi < ATT_QPS; ++qi) {
-    m[qi] = -INFINITY;
+    m[qi] = NEG_BIG;
     l[qi] = 0.0f;
     for (int e = 0; e < ATT_MAXDV / SIMD_WIDTH; ++e) o[qi][e] = 0.0f;
   }
@@ -161,7 +161,7 @@ kernel void rope_attention(
     // Online softmax, all in fp32; every lane of a simdgroup holds the same m and l.
     float alpha[ATT_QPS];
     for (int qi = 0; qi < ATT_QPS; ++qi) {
-      float score = (k0 + lane < n_k) ? s[qi] * scale : -INFINITY;
+      float score = (k0 + lane < n_k) ? s[qi] * scale : NEG_BIG;
       float m_new = max(m[qi], simd_max(score));  // finite: key k0 exists
       float p = precise::exp(score - m_new);
       alpha[qi] = precise::exp(m[qi] - m_new);

@@ -8,6 +8,10 @@ using namespace metal;
 
 #define SIMD_WIDTH 32
 
+// "Minus infinity" for masked scores and empty running maxima. Finite on purpose: if the library
+// is compiled with fast math (which assumes no infinities), exp(NEG_BIG - m) is still 0.
+#define NEG_BIG (-1.0e30f)
+
 // Compute-dtype emulation: values are rounded through a lower precision, then computed in fp32.
 #define ROUND_NONE 0
 #define ROUND_HALF 1

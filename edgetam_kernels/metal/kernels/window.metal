@@ -40,12 +40,12 @@ kernel void window_attention(
   const long y0 = (w / g[WG_NW]) * ws, x0 = (w % g[WG_NW]) * ws;
   device const T* qr = q + r * inner + h * dh;
 
-  float m = -INFINITY, l = 0.0f, o[WIN_MAXDH / SIMD_WIDTH];
+  float m = NEG_BIG, l = 0.0f, o[WIN_MAXDH / SIMD_WIDTH];
   for (int e = 0; e < WIN_MAXDH / SIMD_WIDTH; ++e) o[e] = 0.0f;
 
   for (long t0 = 0; t0 < n_tok; t0 += SIMD_WIDTH) {
     const long t = t0 + lane;
-    float score = -INFINITY;
+    float score = NEG_BIG;
     if (t < n_tok) {
       long row = b * g[WG_HW] + (y0 + t / ws) * g[WG_W] + x0 + t % ws;
       device const T* kr = kv + row * 2 * inner + h * dh;
