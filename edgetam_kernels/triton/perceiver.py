@@ -3,8 +3,8 @@
 Per layer (reference.perceiver_layer), the memory x never changes and both latent groups use the
 same weights, so:
 1. _ln_kv:  kv = Wkv LN_x(x) for every memory token, read straight from x's (B, C, H, W) strides
-            (token n = y * W + x); shared by the global and the patch group. pos is *not* added
-            here: the global group adds it on load, the patch group never sees it.
+            (token n = y * W + x), computed once for both groups: stored as is for the patch
+            group and with pos added for the global group (pos is added once, not per program).
 2. _cross:  one program = a block of latents of one group. LN + Wq, attention (global latents:
             flash loop over all tokens, + pos; patch latents: an online softmax over the
             ws x ws tokens of their own window, found by index arithmetic, no window copy),
@@ -84,12 +84,10 @@ def _feed_forward(x, ln_w, ln_b, W1, W2, C, HD, eps, DT: tl.constexpr,
 
 
 @triton.jit
-def _flash(q, KV, kv_row_stride, k_off, v_off, n_keys, POS, spc, sph, spw, pw,
-           I, HEADS, qk_scale, HAS_POS: tl.constexpr, DT: tl.constexpr,
+def _flash(q, KV, kv_row_stride, k_off, v_off, n_keys, I, HEADS, qk_scale, DT: tl.constexpr,
            BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, PREC: tl.constexpr,
            INTERP: tl.constexpr):
-    """softmax(q k^T) v over n_keys rows of KV (k at column k_off, v at v_off), per head.
-    POS (already offset to the batch) is added to k and v when HAS_POS."""
+    """softmax(q k^T) v over n_keys rows of KV (k at column k_off, v at v_off), per head."""
     ci = tl.arange(0, BLOCK_I)
     dh = I // HEADS
     out = tl.zeros([q.shape[0], BLOCK_I], tl.float32)
@@ -107,14 +105,6 @@ def _flash(q, KV, kv_row_stride, k_off, v_off, n_keys, POS, spc, sph, spw, pw,
                          mask=kt_mask, other=0.0).to(tl.float32)
             vv = tl.load(KV + nn[:, None].to(tl.int64) * kv_row_stride + v_off + ci[None, :],
                          mask=n_ok[:, None] & (ci < I)[None, :], other=0.0).to(tl.float32)
-            if HAS_POS:
-                p_t = tl.load(POS + ci[:, None] * spc + (nn // pw)[None, :] * sph
-                              + (nn % pw)[None, :] * spw, mask=kt_mask, other=0.0)
-                kt += p_t.to(tl.float32)
-                p_v = tl.load(POS + ci[None, :] * spc + (nn // pw)[:, None] * sph
-                              + (nn % pw)[:, None] * spw,
-                              mask=n_ok[:, None] & (ci < I)[None, :], other=0.0)
-                vv += p_v.to(tl.float32)
             s = dot(qh, cast(kt, DT, INTERP), tl.zeros([q.shape[0], BLOCK_N], tl.float32), PREC, INTERP)
             s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -202,10 +192,15 @@ def _epilogue(o, x_in, b, out_rows, row_ok, cols, C, I, eps,
 
 
 @triton.jit
-def _ln_kv(X, sxb, sxc, sxh, sxw, xw, N, C, ln_w, ln_b, W_kv, KV, I, eps,
-           DT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-           BLOCK_I: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
-    """KV[b, n] = [Wk; Wv] LN(x[b, :, n]) for a block of tokens; KV is (B, N, 2I) fp32."""
+def _ln_kv(X, sxb, sxc, sxh, sxw, xw, N, C, ln_w, ln_b, W_kv, KV, KVG,
+           POS, spb, spc, sph, spw, pw, I, eps,
+           STORE_KV: tl.constexpr, HAS_POS: tl.constexpr, DT: tl.constexpr,
+           BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
+           PREC: tl.constexpr, INTERP: tl.constexpr):
+    """[k | v] = Wkv LN(x[b, :, n]) for a block of tokens into KV (B, N, 2I) (patch latents),
+    and [k + pos | v + pos] into KVG (global latents): pos is added once here instead of in
+    every global program's key loop. Both buffers hold the storage dtype (fp32 or the input's
+    half type), halving what the attention loops read for fp16/bf16."""
     pid = tl.program_id(0)
     b = tl.program_id(1)
     nn = pid * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -215,22 +210,32 @@ def _ln_kv(X, sxb, sxc, sxh, sxw, xw, N, C, ln_w, ln_b, W_kv, KV, I, eps,
     ptr += (nn // xw)[:, None].to(tl.int64) * sxh + (nn % xw)[:, None] * sxw
     x = tl.load(ptr, mask=n_ok[:, None] & (cols < C)[None, :], other=0.0).to(tl.float32)
     xn = cast(_layernorm(x, ln_w, ln_b, cols, C, eps), DT, INTERP)
+    k = _proj(xn, W_kv, 0, C, I, DT, BLOCK_C, BLOCK_I, PREC, INTERP)
+    v = _proj(xn, W_kv, I, C, I, DT, BLOCK_C, BLOCK_I, PREC, INTERP)
     ii = tl.arange(0, BLOCK_I)
-    base = KV + (b.to(tl.int64) * N + nn[:, None]) * (2 * I) + ii[None, :]
+    row = (b.to(tl.int64) * N + nn[:, None]) * (2 * I) + ii[None, :]
     m = n_ok[:, None] & (ii < I)[None, :]
-    tl.store(base, _proj(xn, W_kv, 0, C, I, DT, BLOCK_C, BLOCK_I, PREC, INTERP), mask=m)
-    tl.store(base + I, _proj(xn, W_kv, I, C, I, DT, BLOCK_C, BLOCK_I, PREC, INTERP), mask=m)
+    SDT = KV.dtype.element_ty
+    if STORE_KV:
+        tl.store(KV + row, cast(k, SDT, INTERP), mask=m)
+        tl.store(KV + row + I, cast(v, SDT, INTERP), mask=m)
+    if HAS_POS:
+        pp = POS + b.to(tl.int64) * spb + ii[None, :] * spc
+        pp += (nn // pw)[:, None].to(tl.int64) * sph + (nn % pw)[:, None] * spw
+        p = tl.load(pp, mask=m, other=0.0).to(tl.float32)
+        tl.store(KVG + row, cast(k + p, SDT, INTERP), mask=m)
+        tl.store(KVG + row + I, cast(v + p, SDT, INTERP), mask=m)
 
 
 @triton.jit
 def _cross(
     LG, slgb, slgl, slgc, L1, LP, slpb, slpl, slpc, L2, NGB,
-    KV, N, POS, spb, spc, sph, spw, pw, nw, ws, W,
+    KV, KVG, N, nw, ws, W,
     C, I, HEADS, qk_scale, eps,
     LN_w, LN_b, W_q, W_out, FF_ln_w, FF_ln_b, FF_w1, FF_w2, HD,
     S_ln_w, S_ln_b, S_wq, S_wkv, IS, QKV, sqkv_b, sqkv_l,
     N_w, N_b, OUT, sob, sol, soc,
-    HAS_POS: tl.constexpr, RESIDUAL: tl.constexpr, DO_FF: tl.constexpr, DO_QKV: tl.constexpr,
+    RESIDUAL: tl.constexpr, DO_FF: tl.constexpr, DO_QKV: tl.constexpr,
     FINAL_LN: tl.constexpr, DT: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_HC: tl.constexpr,
     BLOCK_IS: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
@@ -257,8 +262,8 @@ def _cross(
     q = _proj(xn, W_q, 0, C, I, DT, BLOCK_C, BLOCK_I, PREC, INTERP)
     kv_b = KV + b.to(tl.int64) * N * (2 * I)
     if is_global:
-        o = _flash(q, kv_b, 2 * I, 0, I, N, POS + b.to(tl.int64) * spb, spc, sph, spw, pw,
-                   I, HEADS, qk_scale, HAS_POS, DT, BLOCK_N, BLOCK_I, PREC, INTERP)
+        o = _flash(q, KVG + b.to(tl.int64) * N * (2 * I), 2 * I, 0, I, N, I, HEADS, qk_scale,
+                   DT, BLOCK_N, BLOCK_I, PREC, INTERP)
     else:
         # Match the reference's rounding of q to the input dtype before the attention.
         o = _window_attn(cast(q, DT, INTERP).to(tl.float32), kv_b, 2 * I, I, tl.where(row_ok, rows, 0),
@@ -299,8 +304,8 @@ def _self(
     if is_global:
         q = tl.load(qkv_b + out_rows[:, None] * sqkv_l + js[None, :],
                     mask=row_ok[:, None] & (js < IS)[None, :], other=0.0)
-        o = _flash(q, qkv_b, sqkv_l, IS, 2 * IS, L1, qkv_b, 0, 0, 0, 1,
-                   IS, HEADS, qk_scale, False, DT, BLOCK_N, BLOCK_IS, PREC, INTERP)
+        o = _flash(q, qkv_b, sqkv_l, IS, 2 * IS, L1, IS, HEADS, qk_scale, DT, BLOCK_N,
+                   BLOCK_IS, PREC, INTERP)
     else:
         # One key: softmax weight exactly 1, the output is the latent's own v.
         o = tl.load(qkv_b + out_rows[:, None] * sqkv_l + 2 * IS + js[None, :],
@@ -348,19 +353,29 @@ def _c(t):
     return t if t is None else t.contiguous()
 
 
-def _launch_kv(x_args, n, c, ln_w, ln_b, w_kv, inner, b, eps, dtype, tiles):
+def _launch_kv(x_args, n, c, ln_w, ln_b, w_kv, inner, b, eps, dtype, tiles, pos_args,
+               need_plain):
+    """Returns (kv, kv + pos): the second is the first when there is no pos. Storage dtype:
+    fp32 for fp32 inputs, else the input dtype (the reference rounds k and v to it too)."""
     x, sxb, sxc, sxh, sxw, xw = x_args
-    kv = torch.empty((b, n, 2 * inner), device=x.device, dtype=torch.float32)
+    store = torch.float32 if dtype == torch.float32 else dtype
+    has_pos = pos_args is not None
+    need_plain = need_plain or not has_pos
+    kv = torch.empty((b, n, 2 * inner), device=x.device, dtype=store) if need_plain else None
+    kvg = torch.empty((b, n, 2 * inner), device=x.device, dtype=store) if has_pos else kv
+    pos, spb, spc, sph, spw, pw = pos_args if has_pos else (x, 0, 0, 0, 0, 1)
     bt = tiles["BLOCK_T"]
     _ln_kv[(triton.cdiv(n, bt), b)](
-        x, sxb, sxc, sxh, sxw, xw, n, c, ln_w, ln_b, w_kv, kv, inner, eps,
-        DT=_dot_dtype(dtype), BLOCK_T=bt, BLOCK_C=pow2(c), BLOCK_I=pow2(inner),
-        PREC=fp32_precision(), INTERP=interpreting(), num_warps=tiles["num_warps"],
+        x, sxb, sxc, sxh, sxw, xw, n, c, ln_w, ln_b, w_kv,
+        kv if kv is not None else kvg, kvg, pos, spb, spc, sph, spw, pw, inner, eps,
+        STORE_KV=need_plain, HAS_POS=has_pos, DT=_dot_dtype(dtype), BLOCK_T=bt,
+        BLOCK_C=pow2(c), BLOCK_I=pow2(inner), PREC=fp32_precision(), INTERP=interpreting(),
+        num_warps=tiles["num_warps"],
     )
-    return kv
+    return (kv if kv is not None else kvg), kvg
 
 
-def _launch_cross(b, lg, l1, lp, l2, kv, n, pos_args, win, c, p, heads, eps, s_p, qkv, norm,
+def _launch_cross(b, lg, l1, lp, l2, kvs, n, win, c, p, heads, eps, s_p, qkv, norm,
                   out, residual, do_ff, final_ln, dtype, tiles):
     """p: the layer's cross weights (7 attention + 4 FF); s_p: self-attention weights (5) or
     None; lg / lp: (tensor, sb, sl, sc) or None."""
@@ -372,7 +387,6 @@ def _launch_cross(b, lg, l1, lp, l2, kv, n, pos_args, win, c, p, heads, eps, s_p
     dummy = p[0]
     lg = lg if lg is not None else (dummy, 0, 0, 0)
     lp = lp if lp is not None else (dummy, 0, 0, 0)
-    pos, spb, spc, sph, spw, pw = pos_args if pos_args is not None else (dummy, 0, 0, 0, 0, 1)
     nw, ws, w = win
     if s_p is not None:
         s_ln_w, s_ln_b, s_wq, s_wkv = s_p[0], s_p[1], s_p[2], s_p[3]
@@ -385,12 +399,12 @@ def _launch_cross(b, lg, l1, lp, l2, kv, n, pos_args, win, c, p, heads, eps, s_p
     ff = p[7:11] if do_ff else (dummy, dummy, dummy, dummy)
     _cross[(ngb + npb, b)](
         lg[0], lg[1], lg[2], lg[3], l1, lp[0], lp[1], lp[2], lp[3], l2, ngb,
-        kv, n, pos, spb, spc, sph, spw, pw, nw, ws, w,
+        kvs[0], kvs[1], n, nw, ws, w,
         c, inner, heads, LOG2E / math.sqrt(inner // heads), eps,
         p[0], p[1], p[4], p[6], ff[0], ff[1], ff[2], ff[3], hidden,
         s_ln_w, s_ln_b, s_wq, s_wkv, inner_s, qkv, sqb, sql,
         n_w, n_b, out, out.stride(0), out.stride(1), out.stride(2),
-        HAS_POS=pos_args is not None, RESIDUAL=residual, DO_FF=do_ff, DO_QKV=s_p is not None,
+        RESIDUAL=residual, DO_FF=do_ff, DO_QKV=s_p is not None,
         FINAL_LN=final_ln, DT=_dot_dtype(dtype), BLOCK_L=bl, BLOCK_N=tiles["BLOCK_N"],
         BLOCK_C=pow2(c), BLOCK_I=pow2(inner), BLOCK_HC=min(64, pow2(hidden)),
         BLOCK_IS=pow2(inner_s), PREC=fp32_precision(), INTERP=interpreting(),
@@ -408,17 +422,17 @@ def perceiver_attention(latents, x, pos, ln_latents_w, ln_latents_b, ln_x_w, ln_
     ln_latents_w, ln_latents_b, ln_x_w, ln_x_b = map(_c, (ln_latents_w, ln_latents_b, ln_x_w,
                                                          ln_x_b))
     w_q, w_kv, w_out = map(_c, (w_q, w_kv, w_out))
-    # x (B, N, C) as a one-row image: token n -> (0, n)
-    kv = _launch_kv((x, x.stride(0), x.stride(2), 0, x.stride(1), n), n, c, ln_x_w, ln_x_b,
-                    w_kv, inner, b, eps, latents.dtype, tiles)
     pos_args = None
     if pos is not None:
         pos_args = (pos, pos.stride(0) if pos.shape[0] > 1 else 0, pos.stride(2), 0,
                     pos.stride(1), n)
+    # x (B, N, C) as a one-row image: token n -> (0, n)
+    kvs = _launch_kv((x, x.stride(0), x.stride(2), 0, x.stride(1), n), n, c, ln_x_w, ln_x_b,
+                     w_kv, inner, b, eps, latents.dtype, tiles, pos_args, need_plain=False)
     out = torch.empty_like(latents, memory_format=torch.contiguous_format)
     p = [ln_latents_w, ln_latents_b, ln_x_w, ln_x_b, w_q, w_kv, w_out]
     _launch_cross(b, (latents, latents.stride(0), latents.stride(1), latents.stride(2)), l,
-                  None, 0, kv, n, pos_args, (1, 1, 1), c, p, heads, eps, None, None, None, out,
+                  None, 0, kvs, n, (1, 1, 1), c, p, heads, eps, None, None, None, out,
                   residual=False, do_ff=False, final_ln=False, dtype=latents.dtype, tiles=tiles)
     return out
 
@@ -453,7 +467,8 @@ def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, d
         p = weights[layer * per : (layer + 1) * per]
         last = layer == depth - 1
         inner = p[4].shape[0]
-        kv = _launch_kv(x_args, n, c, p[2], p[3], p[5], inner, b, eps, dtype, tiles)
+        kvs = _launch_kv(x_args, n, c, p[2], p[3], p[5], inner, b, eps, dtype, tiles, pos_args,
+                         need_plain=l2 > 0)
         if layer == 0:  # the latent parameters, broadcast over the batch
             lg = (latents_1d, 0, latents_1d.stride(0), latents_1d.stride(1)) if l1 else None
             lp = (latents_2d, 0, latents_2d.stride(0), latents_2d.stride(1)) if l2 else None
@@ -461,7 +476,7 @@ def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, d
             lg = (lat, lat.stride(0), lat.stride(1), lat.stride(2))
             lp = (lat[:, l1:], lat.stride(0), lat.stride(1), lat.stride(2))
         cross_out = out if (last and not use_self_attn) else lat
-        _launch_cross(b, lg, l1, lp, l2, kv, n, pos_args, (nw, ws, w), c, p, heads, eps,
+        _launch_cross(b, lg, l1, lp, l2, kvs, n, (nw, ws, w), c, p, heads, eps,
                       p[11:16] if use_self_attn else None, qkv, (norm_w, norm_b), cross_out,
                       residual=True, do_ff=True, final_ln=last and not use_self_attn,
                       dtype=dtype, tiles=tiles)
