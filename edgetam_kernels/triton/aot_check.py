@@ -80,6 +80,7 @@ def main():
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--quick", action="store_true", help="two configs per kernel and dtype")
     ap.add_argument("--fp32-only", action="store_true", help="only the fp32 attention configs")
+    ap.add_argument("--perceiver-only", action="store_true")
     a = ap.parse_args()
     target = GPUTarget("cuda", a.arch, 32)
     ra._rope_attn_fwd = AotKernel(ra._rope_attn_fwd, target)
@@ -90,7 +91,7 @@ def main():
     perceiver._tiles = lambda device: dict(BLOCK_L=16, BLOCK_N=64, BLOCK_T=64, num_warps=4)
 
     dtypes = (torch.bfloat16, torch.float16, torch.float32)
-    for dt in dtypes:
+    for dt in (() if a.perceiver_only else dtypes):
         for d in ((256,) if a.quick else (256, 64)):
             q = torch.empty(1, 1, 4096, d, dtype=dt)
             k = torch.empty(1, 1, 3648, d, dtype=dt)
@@ -123,6 +124,7 @@ def main():
                    torch.randn(64, 256, **g)]
         lat = torch.randn(256, 64, **g)
         perceiver.spatial_perceiver(x, x, lat, lat, ws, ws[0], ws[1], 2, 1, True, 1e-5)
+        perceiver.perceiver_attention(lat[None], x.flatten(2).transpose(1, 2), None, *ws[:7])
         if a.quick:
             break
     bad = [r for r in RESULTS if r[4] != "ok"]

@@ -412,7 +412,7 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
         _launch(q, k, v, out, tab, geo, qk_scale, cdt, cfg)
 
     if config is None:
-        esize = torch.empty((), dtype=cdt).element_size()
+        esize = torch.finfo(cdt).bits // 8
         key = (str(q.device), b * h, n_q, n_k, d, dv, q.dtype, cdt, fp32_precision())
         config = _TUNED.get(key)
         if config is None:
