@@ -15,6 +15,12 @@ pytestmark = pytest.mark.skipif(
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.fixture(autouse=True)
+def _no_autotune(monkeypatch):
+    """On a GPU, tuning every small test shape would only cost compile time."""
+    monkeypatch.setenv("EDGETAM_TRITON_AUTOTUNE", "0")
+
+
 def layer_weights(c, inner, hidden, self_attn, dtype, inner_s=None):
     g = dict(dtype=dtype, device=DEV)
     inner_s = inner if inner_s is None else inner_s

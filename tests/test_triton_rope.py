@@ -20,6 +20,12 @@ pytestmark = pytest.mark.skipif(
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.fixture(autouse=True)
+def _no_autotune(monkeypatch):
+    """On a GPU, tuning every small test shape would only cost compile time."""
+    monkeypatch.setenv("EDGETAM_TRITON_AUTOTUNE", "0")
+
+
 def _kernel():
     from edgetam_kernels.triton.rope_attention import rope_attention
 
