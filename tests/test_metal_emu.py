@@ -52,12 +52,14 @@ def _check(out, args, fn, dtype, tol=None, what=""):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("metal_version", [310, 300])
-def test_metal_source_compiles_under_shim(metal_version, tmp_path):
-    """The exact string handed to torch.mps.compile_shader, as MSL 3.1 and as MSL 3.0 (no bfloat:
-    the bf16 kernels must vanish, not break the build)."""
+@pytest.mark.parametrize("metal_version,bfloat", [(310, True), (300, True), (310, False)],
+                         ids=["msl3.1", "msl3.0", "msl3.1-no-bfloat"])
+def test_metal_source_compiles_under_shim(metal_version, bfloat, tmp_path):
+    """The exact string handed to torch.mps.compile_shader: as MSL 3.1, as MSL 3.0 (no bfloat
+    type) and as the backend's fallback without bf16; without bfloat the bf16 kernels must
+    vanish, not break the build."""
     src = tmp_path / "all.metal"
-    src.write_text(_source.source())
+    src.write_text(_source.source(bfloat=bfloat))
     cmd = [emu.CXX, *emu.BASE_FLAGS, f"-D__METAL_VERSION__={metal_version}", "-fsyntax-only",
            "-x", "c++", str(src)]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -65,7 +67,7 @@ def test_metal_source_compiles_under_shim(metal_version, tmp_path):
     names = {k.host_name for k in bindgen.parse(bindgen.preprocess(src, metal_version))}
     for op in ("rope_attention", "layer_norm", "linear", "window_attention"):
         assert {f"{op}_float", f"{op}_half"} <= names
-        assert (f"{op}_bfloat" in names) == (metal_version >= 310)
+        assert (f"{op}_bfloat" in names) == (metal_version >= 310 and bfloat)
 
 
 def test_metal_every_kernel_is_in_the_emulator(lib):
@@ -158,6 +160,9 @@ def test_metal_rope_attention_fp32(lib, poison, name, kw):
     args = cases.rope_case(**kw)
     out = _launch.rope_attention(lib, *args)
     _check(out, args, reference.rope_attention, torch.float32, what=name)
+    # The check can fail: the same inputs with a different RoPE base land far outside the budget.
+    other = reference.rope_attention(*testing.to64(args[:7]), 20000.0, *args[8:])
+    assert testing.rel_l2(out, other) > 100 * testing.TOLERANCE[torch.float32]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

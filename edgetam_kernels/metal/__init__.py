@@ -14,6 +14,7 @@ from . import _launch, _source
 
 _library = None
 _compile_error: Optional[str] = None
+_bf16_error: Optional[str] = None  # why the bf16 kernels were left out, if they were
 
 
 def _has_mps() -> bool:
@@ -24,7 +25,7 @@ def _has_mps() -> bool:
 
 def library():
     """The compiled kernels (compiled once per process, on first use)."""
-    global _library, _compile_error
+    global _library, _compile_error, _bf16_error
     if _library is None and _compile_error is None:
         import torch
 
@@ -32,6 +33,12 @@ def library():
             _library = torch.mps.compile_shader(_source.source())
         except Exception as e:  # noqa: BLE001 - reported through unavailable()
             _compile_error = f"{type(e).__name__}: {e}"
+            try:  # without the bf16 kernels: fp32 and fp16 must not depend on bfloat support
+                _library = torch.mps.compile_shader(_source.source(bfloat=False))
+                _bf16_error = _compile_error
+                _compile_error = None
+            except Exception:  # noqa: BLE001 - the first error is the informative one
+                pass
     if _library is None:
         raise RuntimeError(f"Metal kernels failed to compile: {_compile_error}")
     return _library
@@ -58,7 +65,8 @@ def _supports(op: str, args: tuple) -> Optional[str]:
 
 def _detail() -> str:
     kinds = "fp32, fp16" + (", bf16" if _has_bfloat() else "")
-    return f"MSL via torch.mps.compile_shader ({kinds})"
+    why = f"; bf16 left out: {_bf16_error}" if _bf16_error else ""
+    return f"MSL via torch.mps.compile_shader ({kinds}{why})"
 
 
 def _kernel(fn):

@@ -28,6 +28,8 @@ def _inline(path: Path, seen: Set[Path]) -> str:
     return "\n".join(out)
 
 
-def source() -> str:
+def source(bfloat: bool = True) -> str:
+    """bfloat=False leaves the bf16 kernels out (for a compiler that rejects them)."""
     seen: Set[Path] = set()
-    return "\n".join(_inline(p, seen) for p in metal_files()) + "\n"
+    head = "" if bfloat else "#define EDGETAM_METAL_NO_BFLOAT 1\n"
+    return head + "\n".join(_inline(p, seen) for p in metal_files()) + "\n"

@@ -48,11 +48,11 @@ class BindError(ValueError):
     pass
 
 
-def preprocess(metal: Path, metal_version: int = 310) -> str:
+def preprocess(metal: Path, metal_version: int = 310, defines=()) -> str:
     with tempfile.TemporaryDirectory() as inc:
         (Path(inc) / "metal_stdlib").write_text("")
         cmd = ["g++", "-E", "-P", "-x", "c++", "-I", inc, "-I", str(metal.parent),
-               f"-D__METAL_VERSION__={metal_version}", str(metal)]
+               f"-D__METAL_VERSION__={metal_version}", *(f"-D{d}" for d in defines), str(metal)]
         return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 

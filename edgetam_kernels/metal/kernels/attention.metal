@@ -224,7 +224,7 @@ template [[host_name("rope_attention_half")]] kernel void rope_attention<half>(
     constant long* g [[buffer(6)]], constant float& scale [[buffer(7)]],
     uint3 tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],
     uint sg [[simdgroup_index_in_threadgroup]], uint lane [[thread_index_in_simdgroup]]);
-#if __METAL_VERSION__ >= 310
+#if EDGETAM_HAS_BFLOAT
 template [[host_name("rope_attention_bfloat")]] kernel void rope_attention<bfloat>(
     device const bfloat* q [[buffer(0)]], device const bfloat* k [[buffer(1)]],
     device const bfloat* v [[buffer(2)]], device const bfloat* pos [[buffer(3)]],

@@ -8,6 +8,14 @@ using namespace metal;
 
 #define SIMD_WIDTH 32
 
+// bfloat needs MSL 3.1 (macOS 14). The host retries without it (EDGETAM_METAL_NO_BFLOAT) if a
+// compiler still rejects it, so fp32 and fp16 never depend on bf16 support.
+#if __METAL_VERSION__ >= 310 && !defined(EDGETAM_METAL_NO_BFLOAT)
+#define EDGETAM_HAS_BFLOAT 1
+#else
+#define EDGETAM_HAS_BFLOAT 0
+#endif
+
 // "Minus infinity" for masked scores and empty running maxima. Finite on purpose: if the library
 // is compiled with fast math (which assumes no infinities), exp(NEG_BIG - m) is still 0.
 #define NEG_BIG (-1.0e30f)

@@ -128,6 +128,6 @@ kernel void linear(
 
 INSTANTIATE_LAYERS(float)
 INSTANTIATE_LAYERS(half)
-#if __METAL_VERSION__ >= 310
+#if EDGETAM_HAS_BFLOAT
 INSTANTIATE_LAYERS(bfloat)
 #endif

@@ -92,6 +92,6 @@ kernel void window_attention(
 
 INSTANTIATE_WINDOW(float)
 INSTANTIATE_WINDOW(half)
-#if __METAL_VERSION__ >= 310
+#if EDGETAM_HAS_BFLOAT
 INSTANTIATE_WINDOW(bfloat)
 #endif
