@@ -71,7 +71,7 @@ kernel void layer_norm(
 #define LIN_LEN 10
 
 template <typename T>
-kernel void linear(
+kernel void linear_layer(
     device const T* x [[buffer(0)]],
     device const T* w [[buffer(1)]],
     device const T* bias [[buffer(2)]],
@@ -119,7 +119,7 @@ kernel void linear(
       constant long* g [[buffer(4)]], constant float& eps [[buffer(5)]],                   \
       uint tg [[threadgroup_position_in_grid]], uint sg [[simdgroup_index_in_threadgroup]], \
       uint lane [[thread_index_in_simdgroup]]);                                            \
-  template [[host_name("linear_" #T)]] kernel void linear<T>(                              \
+  template [[host_name("linear_" #T)]] kernel void linear_layer<T>(                              \
       device const T* x [[buffer(0)]], device const T* w [[buffer(1)]],                    \
       device const T* bias [[buffer(2)]], device const T* res [[buffer(3)]],               \
       device T* y [[buffer(4)]], constant long* g [[buffer(5)]],                           \
