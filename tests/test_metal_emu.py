@@ -8,12 +8,10 @@ report), then every kernel family through the same host code the MPS backend run
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest

@@ -11,7 +11,7 @@ float&, list of ints -> constant long*.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
