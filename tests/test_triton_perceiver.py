@@ -127,6 +127,20 @@ def test_spatial_perceiver_fp32(case):
     assert_close(out, sp_ref(args, kw), torch.float32, str(case))
 
 
+@pytest.mark.parametrize("splits", [1, 3, 8])
+def test_global_key_splits(monkeypatch, splits):
+    """The global latents' keys split over 1, 3 or (capped at the key blocks) more programs."""
+    from edgetam_kernels.triton import perceiver
+
+    tiles = dict(perceiver._tiles(torch.device(DEV)), SPLITS_G=splits, BLOCK_N=16)
+    monkeypatch.setattr(perceiver, "_tiles", lambda device: tiles)
+    args, kw = perceiver_inputs(c=16, grid=8, l1=20, l2=4)
+    assert_close(sp_run(args, kw, heads=2), sp_ref(args, kw, heads=2), torch.float32)
+    pa = pa_inputs(n=37)
+    assert_close(ek.perceiver_attention(*pa, backend="triton"),
+                 reference.perceiver_attention(*to64(pa)), torch.float32)
+
+
 def test_spatial_perceiver_two_heads():
     args, kw = perceiver_inputs(c=32, grid=8, l1=8, l2=4)
     assert_close(sp_run(args, kw, heads=2), sp_ref(args, kw, heads=2), torch.float32)

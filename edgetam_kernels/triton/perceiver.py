@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from ._common import TL_DTYPE, cast, dot, fp32_precision, interpreting, pow2
+from ._common import TL_DTYPE, cast, dot, fp32_precision, interpreting, num_sms, pow2
 
 LOG2E = 1.4426950408889634
 
@@ -84,22 +84,25 @@ def _feed_forward(x, ln_w, ln_b, W1, W2, C, HD, eps, DT: tl.constexpr,
 
 
 @triton.jit
-def _flash(q, KV, kv_row_stride, k_off, v_off, n_keys, I, HEADS, qk_scale, DT: tl.constexpr,
+def _flash(q, KV, kv_row_stride, k_off, v_off, lo, hi, I, HEADS, qk_scale, DT: tl.constexpr,
            BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, PREC: tl.constexpr,
            INTERP: tl.constexpr):
-    """softmax(q k^T) v over n_keys rows of KV (k at column k_off, v at v_off), per head."""
+    """softmax(q k^T) v over rows [lo, hi) of KV (k at column k_off, v at v_off), per head.
+    Also returns each row's log2-sum-exp of the scores, broadcast over its head's columns
+    (what merging key splits needs; heads then need no separate bookkeeping)."""
     ci = tl.arange(0, BLOCK_I)
     dh = I // HEADS
     out = tl.zeros([q.shape[0], BLOCK_I], tl.float32)
+    lse = tl.zeros([q.shape[0], BLOCK_I], tl.float32)
     for hd in range(HEADS):
         hm = (ci >= hd * dh) & (ci < hd * dh + dh)
         qh = cast(tl.where(hm[None, :], q, 0.0), DT, INTERP)
         m_i = tl.full([q.shape[0]], float("-inf"), tl.float32)
         l_i = tl.zeros([q.shape[0]], tl.float32)
         acc = tl.zeros([q.shape[0], BLOCK_I], tl.float32)
-        for n0 in range(0, n_keys, BLOCK_N):
+        for n0 in range(lo, hi, BLOCK_N):
             nn = n0 + tl.arange(0, BLOCK_N)
-            n_ok = nn < n_keys
+            n_ok = nn < hi
             kt_mask = (ci < I)[:, None] & n_ok[None, :]
             kt = tl.load(KV + nn[None, :].to(tl.int64) * kv_row_stride + k_off + ci[:, None],
                          mask=kt_mask, other=0.0).to(tl.float32)
@@ -115,7 +118,8 @@ def _flash(q, KV, kv_row_stride, k_off, v_off, n_keys, I, HEADS, qk_scale, DT: t
                       INTERP)
             m_i = m_new
         out += tl.where(hm[None, :], acc / l_i[:, None], 0.0)
-    return out
+        lse += tl.where(hm[None, :], (m_i + tl.log2(l_i))[:, None], 0.0)
+    return out, lse
 
 
 @triton.jit
@@ -230,7 +234,7 @@ def _ln_kv(X, sxb, sxc, sxh, sxw, xw, N, C, ln_w, ln_b, W_kv, KV, KVG,
 @triton.jit
 def _cross(
     LG, slgb, slgl, slgc, L1, LP, slpb, slpl, slpc, L2, NGB,
-    KV, KVG, N, nw, ws, W,
+    KV, KVG, N, nw, ws, W, n_splits, keys_per_split, PO,
     C, I, HEADS, qk_scale, eps,
     LN_w, LN_b, W_q, W_out, FF_ln_w, FF_ln_b, FF_w1, FF_w2, HD,
     S_ln_w, S_ln_b, S_wq, S_wkv, IS, QKV, sqkv_b, sqkv_l,
@@ -238,16 +242,21 @@ def _cross(
     RESIDUAL: tl.constexpr, DO_FF: tl.constexpr, DO_QKV: tl.constexpr,
     FINAL_LN: tl.constexpr, DT: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_HC: tl.constexpr,
-    BLOCK_IS: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_IS: tl.constexpr, SPLIT_G: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
 ):
-    """Programs [0, NGB) take global latents (rows of LG), the rest patch latents (rows of LP);
-    output rows: global at [0, L1), patch at [L1, L1 + L2)."""
+    """Programs [0, NGB * n_splits) take global latents (rows of LG), the rest patch latents
+    (rows of LP); output rows: global at [0, L1), patch at [L1, L1 + L2).
+
+    SPLIT_G: the global latents' keys are split over n_splits programs per latent block (few
+    latent blocks would leave most SMs idle at batch 1); they write partial outputs + lse to
+    PO (2, n_splits, B, L1, I) and _cross_merge finishes them."""
     pid = tl.program_id(0)
     b = tl.program_id(1)
     cols = tl.arange(0, BLOCK_C)
     c_ok = cols < C
-    is_global = pid < NGB
-    local = tl.where(is_global, pid, pid - NGB)
+    is_global = pid < NGB * n_splits
+    split = pid % n_splits
+    local = tl.where(is_global, pid // n_splits, pid - NGB * n_splits)
     rows = local * BLOCK_L + tl.arange(0, BLOCK_L)
     if is_global:
         row_ok = rows < L1
@@ -262,13 +271,72 @@ def _cross(
     q = _proj(xn, W_q, 0, C, I, DT, BLOCK_C, BLOCK_I, PREC, INTERP)
     kv_b = KV + b.to(tl.int64) * N * (2 * I)
     if is_global:
-        o = _flash(q, KVG + b.to(tl.int64) * N * (2 * I), 2 * I, 0, I, N, I, HEADS, qk_scale,
-                   DT, BLOCK_N, BLOCK_I, PREC, INTERP)
+        lo = split * keys_per_split
+        hi = tl.minimum(lo + keys_per_split, N)
+        o, lse = _flash(q, KVG + b.to(tl.int64) * N * (2 * I), 2 * I, 0, I, lo, hi, I, HEADS,
+                        qk_scale, DT, BLOCK_N, BLOCK_I, PREC, INTERP)
+        if SPLIT_G:
+            ii = tl.arange(0, BLOCK_I)
+            part = ((split * tl.num_programs(1) + b).to(tl.int64) * L1 + rows[:, None]) * I
+            m = row_ok[:, None] & (ii < I)[None, :]
+            tl.store(PO + part + ii[None, :], o, mask=m)
+            tl.store(PO + n_splits * tl.num_programs(1) * L1 * I + part + ii[None, :], lse,
+                     mask=m)
     else:
         # Match the reference's rounding of q to the input dtype before the attention.
-        o = _window_attn(cast(q, DT, INTERP).to(tl.float32), kv_b, 2 * I, I, tl.where(row_ok, rows, 0),
-                         nw, ws, W, HEADS, qk_scale, BLOCK_I)
-    _epilogue(o, x_in, b, out_rows, row_ok, cols, C, I, eps, W_out, FF_ln_w, FF_ln_b, FF_w1,
+        o = _window_attn(cast(q, DT, INTERP).to(tl.float32), kv_b, 2 * I, I,
+                         tl.where(row_ok, rows, 0), nw, ws, W, HEADS, qk_scale, BLOCK_I)
+    if SPLIT_G:
+        if not is_global:
+            _epilogue(o, x_in, b, out_rows, row_ok, cols, C, I, eps, W_out, FF_ln_w, FF_ln_b,
+                      FF_w1, FF_w2, HD, S_ln_w, S_ln_b, S_wq, S_wkv, IS, QKV, sqkv_b, sqkv_l,
+                      N_w, N_b, OUT, sob, sol, soc, RESIDUAL, DO_FF, DO_QKV, FINAL_LN, DT,
+                      BLOCK_C, BLOCK_I, BLOCK_HC, BLOCK_IS, PREC, INTERP)
+    else:
+        _epilogue(o, x_in, b, out_rows, row_ok, cols, C, I, eps, W_out, FF_ln_w, FF_ln_b, FF_w1,
+                  FF_w2, HD, S_ln_w, S_ln_b, S_wq, S_wkv, IS, QKV, sqkv_b, sqkv_l, N_w, N_b,
+                  OUT, sob, sol, soc, RESIDUAL, DO_FF, DO_QKV, FINAL_LN, DT, BLOCK_C, BLOCK_I,
+                  BLOCK_HC, BLOCK_IS, PREC, INTERP)
+
+
+@triton.jit
+def _cross_merge(
+    LG, slgb, slgl, slgc, L1, n_splits, PO,
+    C, I, eps,
+    W_out, FF_ln_w, FF_ln_b, FF_w1, FF_w2, HD,
+    S_ln_w, S_ln_b, S_wq, S_wkv, IS, QKV, sqkv_b, sqkv_l,
+    N_w, N_b, OUT, sob, sol, soc,
+    RESIDUAL: tl.constexpr, DO_FF: tl.constexpr, DO_QKV: tl.constexpr,
+    FINAL_LN: tl.constexpr, DT: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_HC: tl.constexpr,
+    BLOCK_IS: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
+):
+    """Global latents after a key split: o = sum_s 2^(lse_s - lse) o_s per column, then the
+    same epilogue as _cross."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    nb = tl.num_programs(1)
+    cols = tl.arange(0, BLOCK_C)
+    ii = tl.arange(0, BLOCK_I)
+    rows = pid * BLOCK_L + tl.arange(0, BLOCK_L)
+    row_ok = rows < L1
+    m = row_ok[:, None] & (ii < I)[None, :]
+    x_in = tl.load(LG + b.to(tl.int64) * slgb + rows[:, None] * slgl + cols[None, :] * slgc,
+                   mask=row_ok[:, None] & (cols < C)[None, :], other=0.0).to(tl.float32)
+    lse_off = n_splits * nb * L1 * I
+    mx = tl.full([BLOCK_L, BLOCK_I], float("-inf"), tl.float32)
+    for s in range(n_splits):
+        part = ((s * nb + b).to(tl.int64) * L1 + rows[:, None]) * I + ii[None, :]
+        mx = tl.maximum(mx, tl.load(PO + lse_off + part, mask=m, other=0.0))
+    tot = tl.zeros([BLOCK_L, BLOCK_I], tl.float32)
+    o = tl.zeros([BLOCK_L, BLOCK_I], tl.float32)
+    for s in range(n_splits):
+        part = ((s * nb + b).to(tl.int64) * L1 + rows[:, None]) * I + ii[None, :]
+        w = tl.exp2(tl.load(PO + lse_off + part, mask=m, other=0.0) - mx)
+        tot += w
+        o += w * tl.load(PO + part, mask=m, other=0.0)
+    o = o / tot
+    _epilogue(o, x_in, b, rows, row_ok, cols, C, I, eps, W_out, FF_ln_w, FF_ln_b, FF_w1,
               FF_w2, HD, S_ln_w, S_ln_b, S_wq, S_wkv, IS, QKV, sqkv_b, sqkv_l, N_w, N_b,
               OUT, sob, sol, soc, RESIDUAL, DO_FF, DO_QKV, FINAL_LN, DT, BLOCK_C, BLOCK_I,
               BLOCK_HC, BLOCK_IS, PREC, INTERP)
@@ -304,8 +372,8 @@ def _self(
     if is_global:
         q = tl.load(qkv_b + out_rows[:, None] * sqkv_l + js[None, :],
                     mask=row_ok[:, None] & (js < IS)[None, :], other=0.0)
-        o = _flash(q, qkv_b, sqkv_l, IS, 2 * IS, L1, IS, HEADS, qk_scale, DT, BLOCK_N,
-                   BLOCK_IS, PREC, INTERP)
+        o, lse = _flash(q, qkv_b, sqkv_l, IS, 2 * IS, 0, L1, IS, HEADS, qk_scale, DT, BLOCK_N,
+                        BLOCK_IS, PREC, INTERP)
     else:
         # One key: softmax weight exactly 1, the output is the latent's own v.
         o = tl.load(qkv_b + out_rows[:, None] * sqkv_l + 2 * IS + js[None, :],
@@ -323,9 +391,24 @@ def _self(
 
 
 def _tiles(device):
+    """Tile sizes; SPLITS_G = key splits for the global latents' cross-attention (None: enough
+    programs for about one wave over the SMs at this batch). The interpreter uses 2 so that
+    the tests exercise the split + merge path (tests also force 1 and 3)."""
     if device.type != "cuda" or interpreting():
-        return dict(BLOCK_L=16, BLOCK_N=32, BLOCK_T=32, num_warps=4)
-    return dict(BLOCK_L=16, BLOCK_N=64, BLOCK_T=64, num_warps=4)
+        return dict(BLOCK_L=16, BLOCK_N=32, BLOCK_T=32, num_warps=4, SPLITS_G=2)
+    return dict(BLOCK_L=16, BLOCK_N=64, BLOCK_T=64, num_warps=4, SPLITS_G=None)
+
+
+def _global_splits(tiles, b, ngb, npb, n, device):
+    """Key splits for the global cross-attention: whole key blocks, none empty."""
+    bn = tiles["BLOCK_N"]
+    k_blocks = triton.cdiv(n, bn)
+    s = tiles.get("SPLITS_G")
+    if s is None:
+        s = triton.cdiv(num_sms(device), max(1, b * (ngb + npb)))
+    s = max(1, min(int(s), 8, k_blocks)) if ngb else 1
+    per = triton.cdiv(k_blocks, s) * bn
+    return triton.cdiv(n, per), per
 
 
 def _dot_dtype(dtype):
@@ -397,19 +480,25 @@ def _launch_cross(b, lg, l1, lp, l2, kvs, n, win, c, p, heads, eps, s_p, qkv, no
         inner_s, sqb, sql = 16, 0, 0
     n_w, n_b = norm if norm is not None else (dummy, dummy)
     ff = p[7:11] if do_ff else (dummy, dummy, dummy, dummy)
-    _cross[(ngb + npb, b)](
+    splits, per_split = _global_splits(tiles, b, ngb, npb, n, kvs[1].device)
+    po = torch.empty((2, splits, b, l1, inner), device=out.device, dtype=torch.float32) \
+        if splits > 1 else dummy
+    epilogue = (c, inner, eps, p[6], ff[0], ff[1], ff[2], ff[3], hidden,
+                s_ln_w, s_ln_b, s_wq, s_wkv, inner_s, qkv, sqb, sql,
+                n_w, n_b, out, out.stride(0), out.stride(1), out.stride(2))
+    flags = dict(RESIDUAL=residual, DO_FF=do_ff, DO_QKV=s_p is not None, FINAL_LN=final_ln,
+                 DT=_dot_dtype(dtype), BLOCK_L=bl, BLOCK_C=pow2(c), BLOCK_I=pow2(inner),
+                 BLOCK_HC=min(64, pow2(hidden)), BLOCK_IS=pow2(inner_s),
+                 PREC=fp32_precision(), INTERP=interpreting(), num_warps=tiles["num_warps"])
+    _cross[(ngb * splits + npb, b)](
         lg[0], lg[1], lg[2], lg[3], l1, lp[0], lp[1], lp[2], lp[3], l2, ngb,
-        kvs[0], kvs[1], n, nw, ws, w,
+        kvs[0], kvs[1], n, nw, ws, w, splits, per_split, po,
         c, inner, heads, LOG2E / math.sqrt(inner // heads), eps,
-        p[0], p[1], p[4], p[6], ff[0], ff[1], ff[2], ff[3], hidden,
-        s_ln_w, s_ln_b, s_wq, s_wkv, inner_s, qkv, sqb, sql,
-        n_w, n_b, out, out.stride(0), out.stride(1), out.stride(2),
-        RESIDUAL=residual, DO_FF=do_ff, DO_QKV=s_p is not None,
-        FINAL_LN=final_ln, DT=_dot_dtype(dtype), BLOCK_L=bl, BLOCK_N=tiles["BLOCK_N"],
-        BLOCK_C=pow2(c), BLOCK_I=pow2(inner), BLOCK_HC=min(64, pow2(hidden)),
-        BLOCK_IS=pow2(inner_s), PREC=fp32_precision(), INTERP=interpreting(),
-        num_warps=tiles["num_warps"],
+        p[0], p[1], p[4], *epilogue[3:],
+        BLOCK_N=tiles["BLOCK_N"], SPLIT_G=splits > 1, **flags,
     )
+    if splits > 1:
+        _cross_merge[(ngb, b)](lg[0], lg[1], lg[2], lg[3], l1, splits, po, *epilogue, **flags)
 
 
 def perceiver_attention(latents, x, pos, ln_latents_w, ln_latents_b, ln_x_w, ln_x_b, w_q, w_kv,
