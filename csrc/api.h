@@ -53,4 +53,28 @@ struct RopeAttnArgs {
   float scale;
 };
 
+// EdgeTAM's 2D spatial perceiver, fp32, for one call over the batch (see reference.py).
+// Activations keep a leading dimension rounded up to the SIMD width; weights are row-major
+// (out, in) as torch stores them. Per layer, `w` holds n_per_layer pointers in
+// reference.PERCEIVER_LAYER_PARAMS order and inner/hidden/inner_s/hidden_s their widths.
+struct PerceiverArgs {
+  const float* x;         // (B, C, H, W)
+  const float* pos;       // (B or 1, C, H, W) or null; added to global keys and values
+  int64_t pos_bstride;    // 0 when pos is shared by the batch
+  const float* lat1;      // (L1, C) global latents or null
+  const float* lat2;      // (L2, C) patch latents or null (L2 a square, one per window)
+  int64_t L1, L2, B, C, H, W;
+  int64_t depth, heads, n_per_layer;
+  bool self_attn;
+  float eps;
+  const float* const* w;  // depth * n_per_layer weight pointers
+  const int64_t* inner;   // per layer: cross-attention inner dim
+  const int64_t* hidden;  // per layer: feed-forward hidden dim
+  const int64_t* inner_s; // per layer: self-attention inner dim
+  const int64_t* hidden_s;
+  const float* norm_w;
+  const float* norm_b;
+  float* out;             // (B, L1 + L2, C)
+};
+
 }  // namespace edgetam_cpu

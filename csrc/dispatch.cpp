@@ -16,7 +16,10 @@
 namespace edgetam_cpu {
 
 #define EDGETAM_DECLARE(ns) \
-  namespace ns { void rope_attention(const RopeAttnArgs&, const Parallel&); }
+  namespace ns {                                                        \
+  void rope_attention(const RopeAttnArgs&, const Parallel&);            \
+  void spatial_perceiver(const PerceiverArgs&, const Parallel&);        \
+  }
 EDGETAM_DECLARE(scalar)
 #if EDGETAM_X86
 EDGETAM_DECLARE(avx2)
@@ -33,21 +36,22 @@ namespace {
 
 struct Kernels {
   void (*rope_attention)(const RopeAttnArgs&, const Parallel&) = nullptr;
+  void (*spatial_perceiver)(const PerceiverArgs&, const Parallel&) = nullptr;
 };
 
 Kernels table(int isa) {
   Kernels k;
   switch (isa) {
-    case kScalar: k.rope_attention = scalar::rope_attention; break;
+    case kScalar: k.rope_attention = scalar::rope_attention; k.spatial_perceiver = scalar::spatial_perceiver; break;
 #if EDGETAM_X86
-    case kAvx2: k.rope_attention = avx2::rope_attention; break;
-    case kAvx512: k.rope_attention = avx512::rope_attention; break;
-    case kAvx512Bf16: k.rope_attention = avx512bf16::rope_attention; break;
+    case kAvx2: k.rope_attention = avx2::rope_attention; k.spatial_perceiver = avx2::spatial_perceiver; break;
+    case kAvx512: k.rope_attention = avx512::rope_attention; k.spatial_perceiver = avx512::spatial_perceiver; break;
+    case kAvx512Bf16: k.rope_attention = avx512bf16::rope_attention; k.spatial_perceiver = avx512bf16::spatial_perceiver; break;
 #endif
 #if EDGETAM_ARM64
-    case kNeon: k.rope_attention = neon::rope_attention; break;
-    case kNeonFp16: k.rope_attention = neonfp16::rope_attention; break;
-    case kNeonBf16: k.rope_attention = neonbf16::rope_attention; break;
+    case kNeon: k.rope_attention = neon::rope_attention; k.spatial_perceiver = neon::spatial_perceiver; break;
+    case kNeonFp16: k.rope_attention = neonfp16::rope_attention; k.spatial_perceiver = neonfp16::spatial_perceiver; break;
+    case kNeonBf16: k.rope_attention = neonbf16::rope_attention; k.spatial_perceiver = neonbf16::spatial_perceiver; break;
 #endif
     default: break;
   }
@@ -172,6 +176,10 @@ void rope_attention(RopeAttnArgs a, int64_t q_h, int64_t k_h, double theta, cons
     a.k_nrot = 0;
   }
   table(current_isa()).rope_attention(a, par);
+}
+
+void spatial_perceiver(const PerceiverArgs& a, const Parallel& par) {
+  table(current_isa()).spatial_perceiver(a, par);
 }
 
 }  // namespace edgetam_cpu

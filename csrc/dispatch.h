@@ -17,4 +17,6 @@ bool set_isa(int isa);
 // Fills the RoPE tables of `a` from the grids and theta, then runs the current ISA's kernel.
 void rope_attention(RopeAttnArgs a, int64_t q_h, int64_t k_h, double theta, const Parallel& par);
 
+void spatial_perceiver(const PerceiverArgs& a, const Parallel& par);
+
 }  // namespace edgetam_cpu

@@ -7,6 +7,9 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include <optional>
+#include <vector>
+
 #include "dispatch.h"
 
 using torch::headeronly::ScalarType;
@@ -87,6 +90,83 @@ Tensor rope_attention(Tensor q, Tensor k, Tensor v, int64_t q_h, int64_t q_w, in
   return out;
 }
 
+const float* fptr(const Tensor& t, const char* name) {
+  STD_TORCH_CHECK(t.is_cpu() && t.scalar_type() == ScalarType::Float && t.is_contiguous(), name,
+                  " must be a contiguous float32 CPU tensor");
+  return static_cast<const float*>(t.data_ptr());
+}
+
+Tensor spatial_perceiver(Tensor x, std::optional<Tensor> pos, std::optional<Tensor> latents_1d,
+                         std::optional<Tensor> latents_2d, std::vector<Tensor> weights,
+                         Tensor norm_w, Tensor norm_b, int64_t depth, int64_t heads,
+                         bool use_self_attn, double eps) {
+  edgetam_cpu::PerceiverArgs a{};
+  STD_TORCH_CHECK(x.dim() == 4, "x must be (B, C, H, W)");
+  a.x = fptr(x, "x");
+  a.B = x.size(0);
+  a.C = x.size(1);
+  a.H = x.size(2);
+  a.W = x.size(3);
+  const int64_t N = a.H * a.W;
+  STD_TORCH_CHECK(N > 0 && a.C > 0, "x must not be empty");
+  a.pos = pos.has_value() ? fptr(*pos, "pos") : nullptr;
+  if (a.pos) {
+    STD_TORCH_CHECK(pos->dim() == 4 && (pos->size(0) == 1 || pos->size(0) == a.B) &&
+                        pos->size(1) == a.C && pos->size(2) == a.H && pos->size(3) == a.W,
+                    "pos must be (B or 1, C, H, W)");
+    a.pos_bstride = pos->size(0) == 1 ? 0 : a.C * N;
+  }
+  a.lat1 = latents_1d.has_value() ? fptr(*latents_1d, "latents_1d") : nullptr;
+  a.lat2 = latents_2d.has_value() ? fptr(*latents_2d, "latents_2d") : nullptr;
+  STD_TORCH_CHECK(a.lat1 || a.lat2, "at least one latent group is needed");
+  a.L1 = a.lat1 ? latents_1d->size(0) : 0;
+  a.L2 = a.lat2 ? latents_2d->size(0) : 0;
+  if (a.lat1) STD_TORCH_CHECK(latents_1d->dim() == 2 && latents_1d->size(1) == a.C, "latents_1d must be (L, C)");
+  if (a.lat2) {
+    STD_TORCH_CHECK(latents_2d->dim() == 2 && latents_2d->size(1) == a.C, "latents_2d must be (L, C)");
+    int64_t nw = 0;
+    while ((nw + 1) * (nw + 1) <= a.L2) ++nw;
+    STD_TORCH_CHECK(nw * nw == a.L2 && a.H % nw == 0 && a.W == a.H, "windows do not tile x");
+  }
+  a.depth = depth;
+  a.heads = heads;
+  a.self_attn = use_self_attn;
+  a.eps = float(eps);
+  a.n_per_layer = use_self_attn ? 20 : 11;
+  STD_TORCH_CHECK(depth >= 1 && int64_t(weights.size()) == depth * a.n_per_layer,
+                  "weights must hold n_per_layer * depth tensors");
+  std::vector<const float*> w(weights.size());
+  for (size_t i = 0; i < weights.size(); ++i) w[i] = fptr(weights[i], "weights");
+  std::vector<int64_t> inner(depth), hidden(depth), inner_s(depth, 0), hidden_s(depth, 0);
+  for (int64_t l = 0; l < depth; ++l) {
+    const Tensor* p = weights.data() + l * a.n_per_layer;
+    inner[l] = p[4].size(0);
+    hidden[l] = p[9].size(0);
+    STD_TORCH_CHECK(inner[l] % heads == 0, "heads must divide the inner dim");
+    STD_TORCH_CHECK(p[5].size(0) == 2 * inner[l] && p[6].size(1) == inner[l] && p[10].size(1) == hidden[l],
+                    "cross-attention / feed-forward weight shapes disagree");
+    STD_TORCH_CHECK(!a.pos || inner[l] == a.C, "pos needs the inner dim to equal C");
+    if (use_self_attn) {
+      inner_s[l] = p[13].size(0);
+      hidden_s[l] = p[18].size(0);
+      STD_TORCH_CHECK(inner_s[l] % heads == 0, "heads must divide the self-attention inner dim");
+      STD_TORCH_CHECK(p[14].size(0) == 2 * inner_s[l] && p[15].size(1) == inner_s[l] && p[19].size(1) == hidden_s[l],
+                      "self-attention weight shapes disagree");
+    }
+  }
+  a.w = w.data();
+  a.inner = inner.data();
+  a.hidden = hidden.data();
+  a.inner_s = inner_s.data();
+  a.hidden_s = hidden_s.data();
+  a.norm_w = fptr(norm_w, "norm_w");
+  a.norm_b = fptr(norm_b, "norm_b");
+  Tensor out = torch::stable::new_empty(x, {a.B, a.L1 + a.L2, a.C});
+  a.out = static_cast<float*>(out.mutable_data_ptr());
+  edgetam_cpu::spatial_perceiver(a, torch_pool());
+  return out;
+}
+
 int64_t get_isa() { return edgetam_cpu::current_isa(); }
 int64_t best_isa() { return edgetam_cpu::best_isa(); }
 bool isa_supported(int64_t isa) { return edgetam_cpu::isa_supported(int(isa)); }
@@ -97,6 +177,9 @@ bool set_isa(int64_t isa) { return edgetam_cpu::set_isa(int(isa)); }
 STABLE_TORCH_LIBRARY(edgetam_cpu, m) {
   m.def("rope_attention(Tensor q, Tensor k, Tensor v, int q_h, int q_w, int k_h, int k_w, "
         "int k_repeat, int num_k_exclude_rope, float theta, float scale, int compute) -> Tensor");
+  m.def("spatial_perceiver(Tensor x, Tensor? pos, Tensor? latents_1d, Tensor? latents_2d, "
+        "Tensor[] weights, Tensor norm_w, Tensor norm_b, int depth, int heads, bool use_self_attn, "
+        "float eps) -> Tensor");
   m.def("get_isa() -> int");
   m.def("best_isa() -> int");
   m.def("isa_supported(int isa) -> bool");
@@ -105,6 +188,7 @@ STABLE_TORCH_LIBRARY(edgetam_cpu, m) {
 
 STABLE_TORCH_LIBRARY_IMPL(edgetam_cpu, CPU, m) {
   m.impl("rope_attention", TORCH_BOX(&rope_attention));
+  m.impl("spatial_perceiver", TORCH_BOX(&spatial_perceiver));
 }
 
 STABLE_TORCH_LIBRARY_IMPL(edgetam_cpu, CompositeExplicitAutograd, m) {

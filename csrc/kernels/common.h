@@ -180,10 +180,18 @@ MicroFn pick(int64_t m, int64_t n) {
 
 // C[M x N] (+)= A[M x K] B[K x N]; N a multiple of W. Column strips outer so a strip of B
 // stays in cache while every row block of A streams past it.
+// kc > 0 splits K into chunks so a chunk of B stays in L1 while all row blocks of A use it.
 template <bool kDot>
 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t sai, int64_t sak,
-          const float* B, int64_t ldb, float* C, int64_t ldc, bool acc, const float* rs) {
+          const float* B, int64_t ldb, float* C, int64_t ldc, bool acc, const float* rs,
+          int64_t kc = 0) {
   constexpr int64_t W = V::W, MR = V::MR, NR = V::NR;
+  if (kc > 0 && K > kc) {
+    for (int64_t k0 = 0; k0 < K; k0 += kc)
+      gemm<kDot>(M, N, min64(kc, K - k0), A + k0 * sak, sai, sak, B + k0 * ldb, ldb, C, ldc,
+                 acc || k0 > 0, k0 > 0 ? nullptr : rs);
+    return;
+  }
   for (int64_t n0 = 0; n0 < N; n0 += NR * W) {
     const int64_t nv = min64(NR, (N - n0) / W);
     const MicroFn full = pick<kDot>(MR, nv);

@@ -22,6 +22,8 @@ struct V {
   static f add(f a, f b) { return _mm256_add_ps(a, b); }
   static f sub(f a, f b) { return _mm256_sub_ps(a, b); }
   static f mul(f a, f b) { return _mm256_mul_ps(a, b); }
+  static f div(f a, f b) { return _mm256_div_ps(a, b); }
+  static f abs(f a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
   static f max(f a, f b) { return _mm256_max_ps(a, b); }  // NaN in b wins
   static f swap_pairs(f x) { return _mm256_permute_ps(x, 0xb1); }
   static f exp2(f x) {

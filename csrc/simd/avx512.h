@@ -22,6 +22,8 @@ struct V {
   static f add(f a, f b) { return _mm512_add_ps(a, b); }
   static f sub(f a, f b) { return _mm512_sub_ps(a, b); }
   static f mul(f a, f b) { return _mm512_mul_ps(a, b); }
+  static f div(f a, f b) { return _mm512_div_ps(a, b); }
+  static f abs(f a) { return _mm512_abs_ps(a); }
   static f max(f a, f b) { return _mm512_max_ps(a, b); }  // NaN in b wins
   static f swap_pairs(f x) { return _mm512_permute_ps(x, 0xb1); }
   static f exp2(f x) {

@@ -21,6 +21,8 @@ struct V {
   static f add(f a, f b) { return a + b; }
   static f sub(f a, f b) { return a - b; }
   static f mul(f a, f b) { return a * b; }
+  static f div(f a, f b) { return a / b; }
+  static f abs(f a) { return bits_to_f32(f32_to_bits(a) & 0x7fffffffu); }
   static f max(f a, f b) { return a < b ? b : (b != b ? b : a); }  // NaN in b wins
   static f swap_pairs(f x) { return x; }  // unused with one lane
   static f exp2(f x) { return exp2_scalar(x); }

@@ -82,6 +82,12 @@ if _ops is not None:
     def _(q, k, v, q_h, q_w, k_h, k_w, k_repeat, num_k_exclude_rope, theta, scale, compute):
         return q.new_empty((*q.shape[:3], v.shape[3]))
 
+    @torch.library.register_fake("edgetam_cpu::spatial_perceiver")
+    def _(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth, heads, use_self_attn,
+          eps):
+        n = sum(t.shape[0] for t in (latents_1d, latents_2d) if t is not None)
+        return x.new_empty((x.shape[0], n, x.shape[1]))
+
 
 if _ops is not None and os.environ.get(ENV_ISA, "").strip() not in ("", "auto"):
     try:
@@ -104,6 +110,16 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
         q.contiguous(), k.contiguous(), v.contiguous(), int(q_grid[0]), int(q_grid[1]),
         int(k_grid[0]), int(k_grid[1]), int(k_repeat), int(num_k_exclude_rope), float(theta),
         float(scale), compute)
+
+
+def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth, heads=1,
+                      use_self_attn=True, eps=1e-5):
+    # The perceiver kernel computes in fp32 (it is about 1 % of a frame); other dtypes convert.
+    f = lambda t: None if t is None else t.detach().to(torch.float32).contiguous()  # noqa: E731
+    out = _ops.spatial_perceiver(f(x), f(pos), f(latents_1d), f(latents_2d),
+                                 [f(w) for w in weights], f(norm_w), f(norm_b), int(depth),
+                                 int(heads), bool(use_self_attn), float(eps))
+    return out.to(x.dtype)
 
 
 def _tensors(args):
@@ -136,7 +152,8 @@ def _detail() -> str:
 BACKEND = Backend(
     name="cpu",
     device_types=("cpu",),
-    kernels={"rope_attention": rope_attention} if _ops is not None else {},
+    kernels=({"rope_attention": rope_attention, "spatial_perceiver": spatial_perceiver}
+             if _ops is not None else {}),
     unavailable=lambda: _ERROR,
     supports=supports,
     detail=_detail,

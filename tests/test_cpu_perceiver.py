@@ -1,0 +1,98 @@
+"""The C++ CPU spatial perceiver against the float64 reference, on every ISA path."""
+
+import os
+
+import pytest
+import torch
+
+import edgetam_kernels as ek
+from edgetam_kernels import cpu, reference
+from edgetam_kernels.testing import assert_close, to64
+
+NO_EXT = os.environ.get("EDGETAM_KERNELS_NO_EXT", "") not in ("", "0")
+pytestmark = pytest.mark.skipif(NO_EXT, reason="EDGETAM_KERNELS_NO_EXT=1: C++ extension not built")
+ISAS = cpu.available_isas() or ("scalar",)
+
+
+def make(b=1, c=64, h=64, l1=256, l2=256, depth=2, inner=64, hidden=256, sa=True, heads=1,
+         pos=True, inner_s=None, hidden_s=None, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    inner_s, hidden_s = inner_s or inner, hidden_s or hidden
+    ln = lambda: [1 + 0.1 * r(c), 0.1 * r(c)]  # noqa: E731
+    ws = []
+    for _ in range(depth):
+        ws += ln() + ln() + [r(inner, c) / c**0.5, r(2 * inner, c) / c**0.5, r(c, inner) / inner**0.5]
+        ws += ln() + [r(hidden, c) / c**0.5, r(c, hidden) / hidden**0.5]
+        if sa:
+            ws += ln() + [r(inner_s, c) / c**0.5, r(2 * inner_s, c) / c**0.5, r(c, inner_s) / inner_s**0.5]
+            ws += ln() + [r(hidden_s, c) / c**0.5, r(c, hidden_s) / hidden_s**0.5]
+    x = r(b, c, h, h)
+    p = r(b if pos != "shared" else 1, c, h, h) if pos else None
+    args = [x, p, r(l1, c) if l1 else None, r(l2, c) if l2 else None, ws, *ln()]
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    args = [cast(a) if not isinstance(a, list) else [cast(w) for w in a] for a in args]
+    return args, dict(depth=depth, heads=heads, use_self_attn=sa)
+
+
+CASES = {
+    "odd_heads3_no_pos": dict(b=2, c=20, h=12, l1=7, l2=9, inner=24, hidden=40, pos=False, heads=3,
+                              inner_s=18, hidden_s=33),
+    "heads2_batch2": dict(b=2, c=36, h=8, l1=5, l2=16, inner=36, hidden=50, heads=2),
+    "patch_only": dict(c=32, h=16, l1=0, l2=16, inner=32, hidden=64),
+    "global_only_no_self_attn": dict(c=32, h=10, l1=9, l2=0, inner=32, hidden=48, sa=False,
+                                     pos="shared", depth=3),
+    "edgetam_32x32": dict(h=32),
+}
+
+
+def ref64(args, kw):
+    return reference.spatial_perceiver(*to64(args), kw["depth"], kw["heads"], kw["use_self_attn"], 1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_reference(isa, case):
+    args, kw = make(**CASES[case])
+    with cpu.force_isa(isa):
+        out = ek.spatial_perceiver(*args, **kw, backend="cpu")
+    ref = ref64(args, kw)
+    assert torch.isfinite(out).all()
+    assert_close(out, ref, torch.float32, f"{case} {isa}")
+    assert (out.double() - ref).abs().amax() <= 1e-4 * ref.abs().amax()  # every element written
+
+
+def test_edgetam_shape_best_isa():
+    """EdgeTAM at 1024: 64x64 memory, 256 global + 256 patch latents, 2 layers, batch 2."""
+    args, kw = make(b=2)
+    out = ek.spatial_perceiver(*args, **kw, backend="cpu")
+    assert_close(out, ref64(args, kw), torch.float32, "edgetam 64x64")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_inputs(dtype):
+    args, kw = make(c=32, h=16, l1=16, l2=16, inner=32, hidden=64, dtype=dtype)
+    out = ek.spatial_perceiver(*args, **kw, backend="cpu")
+    assert out.dtype == dtype
+    assert_close(out, ref64(args, kw), dtype)
+
+
+def test_nan_input_no_crash():
+    args, kw = make(c=32, h=8, l1=4, l2=16, inner=32, hidden=64)
+    args[0][0, 3, 2, 5] = float("nan")
+    out = ek.spatial_perceiver(*args, **kw, backend="cpu")
+    ref = ref64(args, kw)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+
+
+def test_opcheck_and_compile():
+    args, kw = make(c=16, h=8, l1=4, l2=4, inner=16, hidden=32)
+    x, pos, l1, l2, ws, nw, nb = args
+    torch.library.opcheck(torch.ops.edgetam.spatial_perceiver,
+                          (x, pos, l1, l2, ws, nw, nb, kw["depth"], 1, True, 1e-5, "cpu"))
+
+    def f(x):
+        return ek.spatial_perceiver(x * 1.5, pos, l1, l2, ws, nw, nb, **kw, backend="cpu") - 1
+
+    torch._dynamo.reset()
+    assert_close(torch.compile(f, fullgraph=True)(x), f(x), torch.float32)
