@@ -86,9 +86,10 @@ def main():
     ra._rope_attn_fwd = AotKernel(ra._rope_attn_fwd, target)
     ra._merge_splits = AotKernel(ra._merge_splits, target)
     ra._rope_keys = AotKernel(ra._rope_keys, target)
-    for name in ("_ln_kv", "_cross", "_self"):
+    for name in ("_ln_kv", "_cross", "_cross_merge", "_self"):
         setattr(perceiver, name, AotKernel(getattr(perceiver, name), target))
-    perceiver._tiles = lambda device: dict(BLOCK_L=16, BLOCK_N=64, BLOCK_T=64, num_warps=4)
+    perceiver._tiles = lambda device: dict(BLOCK_L=16, BLOCK_N=64, BLOCK_T=64, num_warps=4,
+                                           SPLITS_G=4)
 
     dtypes = (torch.bfloat16, torch.float16, torch.float32)
     for dt in (() if a.perceiver_only else dtypes):

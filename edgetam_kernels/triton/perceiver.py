@@ -14,7 +14,8 @@ same weights, so:
 3. _self:   global latents attend to the global latents of their batch; a patch latent's
             self-attention has one key, so its output is its own v (softmax of one score is 1).
             Wout, residual, feed-forward, residual, and on the last layer the final LayerNorm.
-EdgeTAM (depth 2) thus runs in 6 launches instead of Meta's ~150 small ops.
+EdgeTAM (depth 2) thus runs in 6 launches instead of Meta's ~150 small ops (8 when the global
+latents' keys are split over programs to fill the GPU, see _cross / _cross_merge).
 
 Latents between launches are fp32; matmul operands are cast to the input dtype (bf16/fp16
 tensor cores, fp32 accumulation) or, for fp32 inputs, use the fp32 precision setting
