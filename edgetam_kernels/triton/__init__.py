@@ -88,6 +88,8 @@ def _supports(op, args):
             return f"compute_dtype {compute_dtype} is not float32, float16 or bfloat16"
         if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
             return f"head dims above {MAX_HEAD_DIM} (q {q.shape[-1]}, v {v.shape[-1]})"
+        if q.shape[0] * q.shape[1] > 65535:
+            return "batch x heads above 65535 (one grid axis)"
         return None
     if op in ("perceiver_attention", "spatial_perceiver"):
         from .perceiver import supports as perceiver_supports
@@ -96,6 +98,8 @@ def _supports(op, args):
         tensors += [t for a in args if isinstance(a, (list, tuple)) for t in a
                     if isinstance(t, torch.Tensor)]
         reason = _dtype_reason(op + " inputs", tensors[0]) or _device_reason(tensors)
+        if reason is None and tensors[0].shape[0] > 65535:
+            reason = "batch above 65535 (one grid axis)"
         return reason or perceiver_supports(op, args)
     return f"no {op} kernel"
 
