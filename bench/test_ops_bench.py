@@ -41,8 +41,7 @@ def test_bench(benchmark, key, provider):
     def run():
         with torch.no_grad():
             fn()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
+        B._sync(DEVICE)
 
     benchmark.pedantic(run, rounds=3, warmup_rounds=1, iterations=1)
     best = benchmark.stats.stats.min

@@ -33,8 +33,11 @@ class Case:
 
 
 def _sync(device):
-    if torch.device(device).type == "cuda":
+    kind = torch.device(device).type
+    if kind == "cuda":
         torch.cuda.synchronize()
+    elif kind == "mps":
+        torch.mps.synchronize()
 
 
 def time_call(fn: Callable, device="cpu", warmup: int = 1, reps: int = 5,
