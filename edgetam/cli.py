@@ -122,7 +122,7 @@ def track(args) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             model = edgetam.load(args.checkpoint, image_size=args.image_size, device=args.device,
-                                 backend=args.backend)
+                                 backend=args.backend, fuse=True)
     except edgetam.CheckpointError as e:
         raise CliError(str(e)) from e
     if args.checkpoint is None:

@@ -83,12 +83,14 @@ def load_weights(model: EdgeTAM, checkpoint) -> EdgeTAM:
 
 
 def load(checkpoint: Optional[Union[str, os.PathLike, Mapping]] = None, image_size: int = 1024,
-         device: Union[str, torch.device] = "cpu", backend: str = "auto") -> EdgeTAM:
+         device: Union[str, torch.device] = "cpu", backend: str = "auto",
+         fuse: bool = False) -> EdgeTAM:
     """Build EdgeTAM for `image_size` (1024 is the trained size; 512 is faster) in eval mode.
 
     checkpoint: path to Meta's `edgetam.pt` (or a state dict); None gives random weights, with
     a warning (useful for timings and tests only). backend: the edgetam_kernels backend for the
-    perceiver and memory attention.
+    perceiver and memory attention. fuse: fold BatchNorms into convs for faster inference
+    (`EdgeTAM.fuse_`; the result no longer has Meta's state-dict layout).
     """
     model = EdgeTAM(image_size=image_size)
     if checkpoint is None:
@@ -97,4 +99,5 @@ def load(checkpoint: Optional[Union[str, os.PathLike, Mapping]] = None, image_si
     else:
         load_weights(model, checkpoint)
     model.set_backend(backend)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return model.fuse_() if fuse else model

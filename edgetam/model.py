@@ -64,6 +64,15 @@ class EdgeTAM(nn.Module):
     def feat_size(self) -> int:
         return self.image_size // self.backbone_stride
 
+    def fuse_(self) -> "EdgeTAM":
+        """Fold the image encoder's BatchNorms and re-parameterisable token mixers into plain
+        convs (faster inference; the state dict then no longer loads Meta's layout)."""
+        from .repvit import fuse_
+
+        fuse_(self.image_encoder.trunk)
+        self.fused = True
+        return self
+
     def set_backend(self, backend: str) -> "EdgeTAM":
         """Which edgetam_kernels backend the perceiver and memory attention use ("auto", ...)."""
         self.memory_attention.set_backend(backend)

@@ -47,6 +47,19 @@ def test_load_random_warns_and_is_eval():
     assert sum(p.numel() for p in m.parameters()) > 13_000_000
 
 
+def test_fused_encoder_matches(model):
+    import copy
+
+    fused = copy.deepcopy(model).fuse_()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        a, b = model.image_features(x), fused.image_features(x)
+    torch.testing.assert_close(b["vision"], a["vision"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b["high_res"][0], a["high_res"][0], atol=1e-4, rtol=1e-4)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert n_bn == 0
+
+
 def test_bad_image_size():
     with pytest.raises(ValueError, match="multiple of 256"):
         edgetam.EdgeTAM(image_size=500)

@@ -1,0 +1,149 @@
+"""edgetam/ against Meta's implementation (package `sam2`, edgetam-dimos) on the same random
+weights: checkpoint layout and per-frame mask logits over a 10-frame clip.
+
+Meta's model is built offline (no ImageNet download) by `edgetam._meta`; BatchNorm statistics,
+norms and biases are randomized so they are tested too, and the object-score bias is positive so
+masks flow into memory. Meta's spatial perceiver cannot run a batch of several objects (a
+`.view` on an expanded tensor), so for two objects each is tracked by its own Meta predictor and
+compared with our batched run.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("sam2")
+pytest.importorskip("hydra")
+pytest.importorskip("timm")
+
+import edgetam  # noqa: E402
+from edgetam import _meta, video_io  # noqa: E402
+from edgetam.predictor import Frames  # noqa: E402
+
+TOL = 1e-3  # fp32, absolute, on mask logits of magnitude ~10
+NUM_FRAMES = 10
+FRAMES, CENTRE = video_io.synthetic_clip(NUM_FRAMES)
+H, W = FRAMES[0].shape[:2]
+PROMPTS = [
+    (1, dict(points=[list(CENTRE)], labels=[1])),      # one click: multimask path
+    (2, dict(box=[140.0, 128.0, 196.0, 196.0])),        # a box: single mask + stability
+]
+
+
+def _build(image_size):
+    meta = _meta.build_meta_video_predictor(image_size)
+    _meta.randomize_(meta)
+    ours = edgetam.load(meta.state_dict(), image_size=image_size)
+    return meta, ours
+
+
+def _run_meta(meta, image_size, prompts, monkeypatch_frames):
+    import sam2.sam2_video_predictor as svp
+
+    src = Frames(FRAMES, image_size)
+    images = torch.stack([src[i] for i in range(len(src))])
+    original = svp.load_video_frames
+    svp.load_video_frames = lambda **kw: (images, H, W)  # identical inputs for both models
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = meta.init_state("clip.mp4")
+    finally:
+        svp.load_video_frames = original
+    out = {}
+    for obj_id, kw in prompts:
+        _, _, m = meta.add_new_points_or_box(state, 0, obj_id, **kw)
+        out["prompt"] = m
+    for t, _, m in meta.propagate_in_video(state):
+        out[t] = m
+    return out
+
+
+def _run_ours(ours, prompts):
+    pred = edgetam.VideoPredictor(ours)
+    state = pred.init_state(FRAMES)
+    out = {}
+    for obj_id, kw in prompts:
+        _, _, m = pred.add_new_points_or_box(state, 0, obj_id, **kw)
+        out["prompt"] = m
+    for t, _, m in pred.propagate_in_video(state):
+        out[t] = m
+    return out
+
+
+def _compare(meta_out, ours_out, label):
+    assert set(meta_out) == set(ours_out)
+    worst = 0.0
+    for t in range(NUM_FRAMES):
+        a, b = meta_out[t], ours_out[t]
+        assert a.shape == b.shape, (t, a.shape, b.shape)
+        diff = (a - b).abs().max().item()
+        worst = max(worst, diff)
+        assert diff <= TOL, f"{label} frame {t}: max |logit diff| {diff:.2e}"
+    # the comparison means something: real masks, large logits, not all "no object"
+    last = meta_out[NUM_FRAMES - 1]
+    assert last.abs().max() > 2.0 and ((last > 0).float().mean() > 0.001)
+    print(f"\n{label}: max |mask logit diff| over {NUM_FRAMES} frames = {worst:.2e}")
+    return worst
+
+
+@pytest.fixture(scope="module")
+def models512():
+    return _build(512)
+
+
+def test_checkpoint_layout_matches_meta(models512):
+    meta, ours = models512
+    theirs, mine = meta.state_dict(), ours.state_dict()
+    assert set(theirs) == set(mine)
+    assert all(theirs[k].shape == mine[k].shape for k in theirs)
+    fresh = edgetam.EdgeTAM(image_size=512)
+    result = fresh.load_state_dict(theirs, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+
+def test_image_features_match_meta(models512):
+    meta, ours = models512
+    x = torch.randn(1, 3, 512, 512)
+    with torch.inference_mode():
+        a = meta.forward_image(x)
+        b = ours.forward_image(x)
+    for fa, fb in zip(a["backbone_fpn"], b["backbone_fpn"]):
+        torch.testing.assert_close(fb, fa, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b["vision_pos_enc"][-1], a["vision_pos_enc"][-1])
+
+
+@pytest.fixture(scope="module")
+def runs512(models512):
+    meta, ours = models512
+    meta_single = [_run_meta(meta, 512, [p], None) for p in PROMPTS]
+    return {
+        "meta": meta_single,
+        "ours1": _run_ours(ours, PROMPTS[:1]),
+        "ours2": _run_ours(ours, PROMPTS),
+    }
+
+
+def test_parity_512_one_object(runs512):
+    _compare(runs512["meta"][0], runs512["ours1"], "512, 1 object")
+
+
+def test_parity_512_two_objects(runs512):
+    both = {t: torch.cat([r[t] for r in runs512["meta"]]) for t in range(NUM_FRAMES)}
+    ours = {t: runs512["ours2"][t] for t in range(NUM_FRAMES)}
+    _compare(both, ours, "512, 2 objects")
+
+
+def test_parity_1024_one_object():
+    meta, ours = _build(1024)
+    _compare({k: v for k, v in _run_meta(meta, 1024, PROMPTS[:1], None).items()},
+             _run_ours(ours, PROMPTS[:1]), "1024, 1 object")
+
+
+@pytest.mark.slow
+def test_parity_1024_two_objects():
+    meta, ours = _build(1024)
+    meta_runs = [_run_meta(meta, 1024, [p], None) for p in PROMPTS]
+    both = {t: torch.cat([r[t] for r in meta_runs]) for t in range(NUM_FRAMES)}
+    _compare(both, _run_ours(ours, PROMPTS), "1024, 2 objects")
