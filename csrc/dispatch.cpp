@@ -28,7 +28,6 @@ EDGETAM_DECLARE(avx512bf16)
 #endif
 #if EDGETAM_ARM64
 EDGETAM_DECLARE(neon)
-EDGETAM_DECLARE(neonfp16)
 EDGETAM_DECLARE(neonbf16)
 #endif
 
@@ -50,7 +49,6 @@ Kernels table(int isa) {
 #endif
 #if EDGETAM_ARM64
     case kNeon: k.rope_attention = neon::rope_attention; k.spatial_perceiver = neon::spatial_perceiver; break;
-    case kNeonFp16: k.rope_attention = neonfp16::rope_attention; k.spatial_perceiver = neonfp16::spatial_perceiver; break;
     case kNeonBf16: k.rope_attention = neonbf16::rope_attention; k.spatial_perceiver = neonbf16::spatial_perceiver; break;
 #endif
     default: break;

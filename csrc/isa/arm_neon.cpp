@@ -1,0 +1,25 @@
+// aarch64 AdvSIMD path (baseline on every aarch64 CPU): fp32, bf16 / fp16 emulated in fp32.
+#if defined(__aarch64__)
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <arm_neon.h>
+#include "../api.h"
+#ifndef EDGETAM_BF16DOT
+#define EDGETAM_BF16DOT 0
+#define EDGETAM_ISA neon
+#endif
+#if EDGETAM_BF16DOT
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("arch=armv8.2-a+fp16+bf16"))), apply_to = function)
+#else
+#pragma GCC target("arch=armv8.2-a+fp16+bf16")
+#endif
+#endif
+#include "../simd/neon.h"
+#include "../kernels/attention_impl.h"
+#include "../kernels/perceiver_impl.h"
+#if EDGETAM_BF16DOT && defined(__clang__)
+#pragma clang attribute pop
+#endif
+#endif
