@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="two configs per kernel and dtype")
     ap.add_argument("--fp32-only", action="store_true", help="only the fp32 attention configs")
     ap.add_argument("--perceiver-only", action="store_true")
+    ap.add_argument("--report", help="also write a markdown table of the compiles here")
     a = ap.parse_args()
     target = GPUTarget("cuda", a.arch, 32)
     ra._rope_attn_fwd = AotKernel(ra._rope_attn_fwd, target)
@@ -128,6 +129,18 @@ def main():
         perceiver.perceiver_attention(lat[None], x.flatten(2).transpose(1, 2), None, *ws[:7])
         if a.quick:
             break
+    if a.report:
+        import triton as _t
+
+        lines = [f"# Triton kernels compiled for sm_{a.arch} without a GPU", "",
+                 f"triton {_t.__version__}, torch {torch.__version__}; "
+                 "`python -m edgetam_kernels.triton.aot_check` (front end + ptxas, no launch)."
+                 " Shared memory per CTA against the target's limit; no timings.", "",
+                 "| kernel | constexprs | warps | stages | status | smem bytes |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} |" for r in RESULTS]
+        with open(a.report, "w") as f:
+            f.write("\n".join(lines) + "\n")
     bad = [r for r in RESULTS if r[4] != "ok"]
     print(f"\n{len(RESULTS)} compiles, {len(bad)} problems, sm_{a.arch}")
     for r in bad:
