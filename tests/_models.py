@@ -140,9 +140,25 @@ def meta_sam2_memory_attention(seed: int = 0) -> nn.Module:
 def set_object_score_bias_(decoder_head: nn.Module, value: float = 10.0) -> None:
     """Random weights make the object-score head say "no object" (mask logits -1024 and no
     memory); a positive bias on its last layer lets masks flow into memory (RECIPES)."""
-    last = [m for m in decoder_head.modules() if isinstance(m, nn.Linear)][-1]
+    # Meta's MLP ends with layers[-1]; HF's EdgeTamVideoFeedForward with proj_out
+    last = getattr(decoder_head, "proj_out", None) or decoder_head.layers[-1]
     with torch.no_grad():
         last.bias.fill_(value)
+
+
+def fix_meta_perceiver_batch_(model) -> None:
+    """Give Meta's spatial perceiver an instance forward that runs one sample at a time.
+
+    Upstream bug (edgetam-dimos 1.0.1): PerceiverResampler.forward_2d calls `.view` on latents
+    expanded over the batch, which raises for batch > 1, so Meta's predictor cannot propagate
+    several objects at once. Unpatched baselines with several objects need this workaround;
+    patch() replaces it with the fused op (which handles any batch) and unpatch() restores it.
+    """
+    perceiver = getattr(model, "spatial_perceiver", None)
+    if perceiver is None:
+        return
+    original = perceiver.forward
+    perceiver.forward = lambda x, pos=None: perceiver_per_sample(original, x, pos)
 
 
 def meta_video_predictor(image_size: int = 1024, seed: int = 0, config: str = EDGETAM_CONFIG):
@@ -184,7 +200,8 @@ def hf_config(image_size: int = 1024):
         backbone_config=TimmWrapperConfig(
             architecture="repvit_m1.dist_in1k",
             model_args={"in_chans": 3, "features_only": True, "out_indices": (0, 1, 2, 3)},
-        )
+        ),
+        backbone_feature_sizes=[[4 * g, 4 * g], [2 * g, 2 * g], [g, g]],
     )
     cfg = EdgeTamVideoConfig(
         vision_config=vision,
@@ -238,7 +255,9 @@ def hf_session(frames: torch.Tensor):
     from transformers.models.edgetam_video import EdgeTamVideoInferenceSession
 
     size = frames.shape[-1]
-    return EdgeTamVideoInferenceSession(video=frames, video_height=size, video_width=size)
+    # dtype must be given: the default, the string "float32", breaks `video.to(..., dtype=)`
+    return EdgeTamVideoInferenceSession(video=frames, video_height=size, video_width=size,
+                                        dtype=torch.float32)
 
 
 def hf_add_prompt(session, frame_idx: int, obj_id: int, points=None, labels=None, box=None):
@@ -395,7 +414,7 @@ def perceiver_inputs(grid: int = 64, batch: int = 1, seed: int = 0, dtype=torch.
     return x, pos
 
 
-def perceiver_per_sample(module: nn.Module, x: torch.Tensor, pos: Optional[torch.Tensor]):
+def perceiver_per_sample(module, x: torch.Tensor, pos: Optional[torch.Tensor]):
     """Run a perceiver resampler one sample at a time and concatenate.
 
     Upstream bug (Meta's PerceiverResampler.forward_2d and HF's copy,
@@ -406,6 +425,43 @@ def perceiver_per_sample(module: nn.Module, x: torch.Tensor, pos: Optional[torch
             for i in range(x.shape[0])]
     lat = torch.cat([o[0] for o in outs])
     return lat, (None if pos is None else torch.cat([o[1] for o in outs]))
+
+
+def _content_key(t: torch.Tensor):
+    import hashlib
+
+    return (tuple(t.shape), str(t.dtype), hashlib.sha1(t.detach().contiguous().numpy()).hexdigest())
+
+
+def _clone_tree(x):
+    if torch.is_tensor(x):
+        return x.clone()
+    if isinstance(x, dict):
+        return type(x)({k: _clone_tree(v) for k, v in x.items()}) if type(x) is dict else x.__class__(
+            **{k: _clone_tree(v) for k, v in x.items()})
+    if isinstance(x, (list, tuple)):
+        return type(x)(_clone_tree(v) for v in x)
+    return x
+
+
+def memoize_image_encoder(model) -> None:
+    """Remember the image encoder's output per input image (by content) on this model
+    instance: e2e tests run each clip unpatched and patched, and edgetam_kernels never touches
+    the image encoder, so computing it once per frame halves their CPU time. Outputs are
+    handed out as fresh copies so no run can alter another's. Meta: `forward_image`; HF:
+    `get_image_features`."""
+    name = "forward_image" if hasattr(model, "forward_image") else "get_image_features"
+    original = getattr(model, name)
+    memo = {}
+
+    @functools.wraps(original)
+    def cached(pixels, *args, **kwargs):
+        key = (_content_key(pixels), args, tuple(sorted(kwargs.items())))
+        if key not in memo:
+            memo[key] = original(pixels, *args, **kwargs)
+        return _clone_tree(memo[key])
+
+    setattr(model, name, cached)
 
 
 def random_clip(num_frames: int, image_size: int, seed: int = 0) -> torch.Tensor:

@@ -1,0 +1,166 @@
+"""patch() / unpatch() mechanics on Meta's and HF's EdgeTAM modules and whole models.
+
+Numerical parity is in test_parity_*.py (modules) and test_e2e.py (tracking); here: unpatch
+restores bit-identical behaviour, patching twice is harmless, options update, whole models and
+single modules, clear errors, and torch.compile(fullgraph=True) through the patched forwards.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import edgetam_kernels as ek
+from edgetam_kernels.patch import is_patched, patched_modules
+
+import _models as M
+
+pytest.importorskip("sam2")
+pytest.importorskip("transformers.models.edgetam_video")
+
+GRID = 32
+
+
+def _memattn_call(kind):
+    inputs = M.memory_attention_inputs(GRID, frames=2, ptrs=3, batch=1, seed=1)
+    if kind == "meta":
+        return M.meta_memory_attention(GRID, seed=2), inputs
+    hf = M.hf_memory_attention_like(M.meta_memory_attention(GRID, seed=2), GRID)
+    return hf, M.hf_memory_attention_kwargs(inputs)
+
+
+def _perceiver_call(kind):
+    x, pos = M.perceiver_inputs(GRID, 1, seed=1)
+    meta = M.meta_perceiver(seed=1)
+    return (meta if kind == "meta" else M.hf_perceiver_like(meta)), dict(x=x, pos=pos)
+
+
+def _run(module, kwargs):
+    with torch.no_grad():
+        if "x" in kwargs:
+            return module(kwargs["x"], kwargs["pos"])[0]
+        return module(**kwargs)
+
+
+def _no_trace_of_patch(module):
+    for name, m in module.named_modules():
+        assert not is_patched(m), name
+        assert "forward" not in m.__dict__, f"{name} kept an instance forward"
+
+
+BUILDERS = {"memory_attention": _memattn_call, "perceiver": _perceiver_call}
+
+
+@pytest.mark.parametrize("kind", ["meta", "hf"])
+@pytest.mark.parametrize("what", sorted(BUILDERS))
+def test_unpatch_restores_bit_identical(kind, what):
+    module, kwargs = BUILDERS[what](kind)
+    before = _run(module, kwargs)
+    assert ek.patch(module, backend="reference") is module
+    assert patched_modules(module)
+    patched = _run(module, kwargs)
+    assert ek.unpatch(module) is module
+    _no_trace_of_patch(module)
+    after = _run(module, kwargs)
+    assert torch.equal(before, after)
+    assert torch.allclose(patched, before, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["meta", "hf"])
+def test_patch_twice_is_harmless(kind):
+    module, kwargs = _memattn_call(kind)
+    ek.patch(module, backend="reference")
+    names = patched_modules(module)
+    forwards = {n: m.__dict__["forward"] for n, m in module.named_modules() if is_patched(m)}
+    once = _run(module, kwargs)
+    ek.patch(module, backend="reference")
+    assert patched_modules(module) == names
+    assert all(m.__dict__["forward"] is forwards[n]
+               for n, m in module.named_modules() if is_patched(m))
+    assert torch.equal(_run(module, kwargs), once)
+    ek.unpatch(module)
+    _no_trace_of_patch(module)
+    ek.unpatch(module)  # unpatching an unpatched module is a no-op
+
+
+@pytest.mark.parametrize("kind", ["meta", "hf"])
+def test_patch_again_updates_options(kind):
+    module, kwargs = _memattn_call(kind)
+    fp32 = _run(ek.patch(module, backend="reference"), kwargs)
+    bf16 = _run(ek.patch(module, backend="reference", compute_dtype=torch.bfloat16), kwargs)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    assert torch.equal(_run(ek.patch(module, backend="reference"), kwargs), fp32)
+
+
+def test_unpatch_restores_a_previous_instance_forward():
+    """A module that already had an instance-level forward (here the test workaround for
+    Meta's batch > 1 perceiver bug) gets exactly that forward back."""
+    holder = nn.Module()
+    holder.spatial_perceiver = M.meta_perceiver(seed=1)
+    M.fix_meta_perceiver_batch_(holder)
+    workaround = holder.spatial_perceiver.__dict__["forward"]
+    ek.patch(holder, backend="reference")
+    assert holder.spatial_perceiver.__dict__["forward"] is not workaround
+    ek.unpatch(holder)
+    assert holder.spatial_perceiver.__dict__["forward"] is workaround
+
+
+def test_single_modules():
+    meta = M.meta_memory_attention(GRID, seed=2)
+    ek.patch(meta.layers[1].cross_attn_image, backend="reference")
+    assert patched_modules(meta) == ["layers.1.cross_attn_image"]
+    hf = M.hf_memory_attention(GRID)
+    ek.patch(hf.layers[0], backend="reference")
+    assert patched_modules(hf) == ["layers.0", "layers.0.self_attn", "layers.0.cross_attn_image"]
+
+
+def test_whole_meta_predictor():
+    predictor = M.meta_video_predictor(512)
+    ek.patch(predictor, backend="reference")
+    names = set(patched_modules(predictor))
+    expected = {"spatial_perceiver", "memory_attention.layers.0", "memory_attention.layers.1",
+                "memory_attention.layers.0.self_attn", "memory_attention.layers.1.cross_attn_image",
+                "spatial_perceiver.layers.0", "spatial_perceiver.layers.0.attn"}
+    assert expected <= names
+    # the mask decoder's plain attentions lose the forced SDPA math path
+    assert any(n.startswith("sam_mask_decoder.transformer") for n in names)
+    assert not any(n.startswith("image_encoder") for n in names)
+    ek.unpatch(predictor)
+    _no_trace_of_patch(predictor)
+
+
+def test_whole_hf_model():
+    model = M.hf_model(512)
+    ek.patch(model, backend="reference")
+    names = set(patched_modules(model))
+    assert {"memory_attention", "memory_attention.layers.0", "memory_attention.layers.1.self_attn",
+            "memory_attention.layers.1.cross_attn_image", "spatial_perceiver",
+            "spatial_perceiver.layers.1"} <= names
+    ek.unpatch(model)
+    _no_trace_of_patch(model)
+
+
+def test_unsupported_model_error():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with pytest.raises(TypeError, match="found nothing to patch in Sequential.*Linear"):
+        ek.patch(model)
+    _no_trace_of_patch(model)
+    with pytest.raises(TypeError, match="nn.Module"):
+        ek.patch("EdgeTAM")
+    with pytest.raises(TypeError, match="nn.Module"):
+        ek.unpatch(42)
+    with pytest.raises(ValueError, match="unknown backend"):
+        ek.patch(M.meta_perceiver(seed=1), backend="cuda")
+
+
+@pytest.mark.parametrize("kind", ["meta", "hf"])
+@pytest.mark.parametrize("what", sorted(BUILDERS))
+def test_compile_fullgraph(kind, what):
+    """torch.compile(fullgraph=True) traces the patched forwards with the ops as single nodes
+    (backend="eager": checks graph capture without needing a C++ compiler)."""
+    module, kwargs = BUILDERS[what](kind)
+    ek.patch(module, backend="reference")
+    eager = _run(module, kwargs)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True, backend="eager")
+    out = _run(compiled, kwargs)
+    assert torch.equal(out, eager)
