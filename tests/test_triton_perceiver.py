@@ -236,3 +236,17 @@ def test_opcheck_and_compile():
     torch._dynamo.reset()
     out = torch.compile(f, fullgraph=True, backend="aot_eager")(x, pos)
     assert_close(out - 1.0, sp_ref(args, kw), torch.float32, "compiled")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_capture():
+    args, kw = perceiver_inputs(c=32, grid=8, l1=16, l2=16, dtype=torch.bfloat16)
+    eager = sp_run(args, kw)  # compiles outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static = sp_run(args, kw)
+    args[0].copy_(torch.randn_like(args[0]))
+    g.replay()
+    torch.cuda.synchronize()
+    assert not torch.equal(static, eager)
+    assert_close(static, sp_ref(args, kw), torch.bfloat16, "graph replay")

@@ -238,3 +238,17 @@ def test_compile_fullgraph():
     out = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v)
     assert_close(out - 1.0, ref64(q, k, v, kw), torch.float32, "compiled")
     assert math.isfinite(out.sum().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_capture():
+    q, k, v, kw = make(1, 1, (8, 8), (2, 2), 3, 2, 5, 64, dtype=torch.bfloat16)
+    eager = run(q, k, v, kw)  # compiles outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static = run(q, k, v, kw)
+    q.copy_(torch.randn_like(q))
+    g.replay()
+    torch.cuda.synchronize()
+    assert not torch.equal(static, eager)
+    assert_close(static, ref64(q, k, v, kw), torch.bfloat16, "graph replay")
