@@ -164,6 +164,25 @@ def test_video_predictor_mask_prompt_reverse_and_remove(model, clip):
         pred.remove_object(state, "a")
 
 
+def test_occlusion_no_object(clip):
+    """Object score <= 0: masks are NO_OBJ_SCORE and the memory gets the no-object pointer."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = edgetam.load(image_size=SIZE)
+    with torch.no_grad():
+        m.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(-20.0)
+    frames, (cx, cy) = clip
+    pred = edgetam.VideoPredictor(m)
+    state = pred.init_state(frames[:3])
+    pred.add_new_points_or_box(state, 0, 1, points=[[cx, cy]], labels=[1])
+    out = {t: logits for t, _, logits in pred.propagate_in_video(state)}
+    for t in (1, 2):
+        assert torch.all(out[t] == edgetam.NO_OBJ_SCORE)
+        ptr = state["output_dict"]["non_cond_frame_outputs"][t]["obj_ptr"]
+        torch.testing.assert_close(ptr, m.no_obj_ptr)
+
+
 def test_video_predictor_bad_input(model, clip):
     frames, (cx, cy) = clip
     pred = edgetam.VideoPredictor(model)

@@ -10,6 +10,7 @@ compared with our batched run.
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +148,33 @@ def test_parity_1024_two_objects():
     meta_runs = [_run_meta(meta, 1024, [p], None) for p in PROMPTS]
     both = {t: torch.cat([r[t] for r in meta_runs]) for t in range(NUM_FRAMES)}
     _compare(both, _run_ours(ours, PROMPTS), "1024, 2 objects")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_image_predictor_matches_meta():
+    """Single-image segmentation against Meta's SAM2ImagePredictor (its own preprocessing:
+    torchvision resize + normalize), 1024 input (Meta's image predictor is fixed to it)."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    meta, ours = _build(1024)
+    theirs = SAM2ImagePredictor(meta)
+    mine = edgetam.ImagePredictor(ours)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs.set_image(FRAMES[0])
+    mine.set_image(FRAMES[0])
+    cases = [dict(point_coords=[list(CENTRE)], point_labels=[1]),
+             dict(box=[140.0, 128.0, 196.0, 196.0], multimask_output=False),
+             dict(point_coords=[list(CENTRE), [20.0, 20.0]], point_labels=[1, 0],
+                  multimask_output=False)]
+    for kw in cases:
+        np_kw = {k: (np.asarray(v, dtype=np.float32) if k != "multimask_output" else v)
+                 for k, v in kw.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m_a, iou_a, low_a = theirs.predict(return_logits=True, **np_kw)
+        m_b, iou_b, low_b = mine.predict(return_logits=True, **kw)
+        assert m_a.shape == m_b.shape
+        assert np.abs(m_a - m_b).max() <= TOL, kw
+        assert np.abs(iou_a - iou_b).max() <= 1e-4, kw
+        assert np.abs(low_a - low_b).max() <= TOL, kw
