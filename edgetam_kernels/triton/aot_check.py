@@ -106,7 +106,8 @@ def main():
             for cfg in cfgs:
                 key = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"],
                        cfg["SPLITS"] > 1, cfg.get("PRE_ROT", False))
-                if key in seen or (a.quick and len(seen) >= 3) or (a.fp32_only and dt != torch.float32):
+                skip = (a.quick and len(seen) >= 3) or (a.fp32_only and dt != torch.float32)
+                if key in seen or skip:
                     continue
                 seen.add(key)
                 ra._launch(q, k, k, out, tab, geo, 0.09, dt, cfg)

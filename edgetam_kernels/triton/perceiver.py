@@ -109,7 +109,8 @@ def _flash(q, KV, kv_row_stride, k_off, v_off, lo, hi, I, HEADS, qk_scale, DT: t
                          mask=kt_mask, other=0.0).to(tl.float32)
             vv = tl.load(KV + nn[:, None].to(tl.int64) * kv_row_stride + v_off + ci[None, :],
                          mask=n_ok[:, None] & (ci < I)[None, :], other=0.0).to(tl.float32)
-            s = dot(qh, cast(kt, DT, INTERP), tl.zeros([q.shape[0], BLOCK_N], tl.float32), PREC, INTERP)
+            s = dot(qh, cast(kt, DT, INTERP), tl.zeros([q.shape[0], BLOCK_N], tl.float32), PREC,
+                    INTERP)
             s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)

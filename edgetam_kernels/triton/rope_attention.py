@@ -181,7 +181,8 @@ def _rope_attn_fwd(
     if not SPLIT:
         o_ptr = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
         o_ptr += offs_m[:, None].to(tl.int64) * son + jv[None, :] * sod
-        tl.store(o_ptr, cast(out, O.dtype.element_ty, INTERP), mask=m_ok[:, None] & (jv < DV)[None, :])
+        tl.store(o_ptr, cast(out, O.dtype.element_ty, INTERP),
+                 mask=m_ok[:, None] & (jv < DV)[None, :])
     else:
         # Partials: PO (splits, B*H, NQ, DV) and PLSE (splits, B*H, NQ), fp32, contiguous.
         row = (split * tl.num_programs(1) + pid_bh).to(tl.int64) * NQ + offs_m
