@@ -5,7 +5,8 @@ Math (reference.rope_attention): out = softmax(rope(q) rope(k)^T * scale) v.
 Layout of the work:
 - q and k are loaded as their even and odd halves (elements 2i and 2i+1) so that the rotation
   of pair i is plain elementwise fp32 math, and q.k = q_even.k_even + q_odd.k_odd is two tl.dot
-  calls with K = D/2. Nothing is re-interleaved and no rotated copy of q or k is ever written.
+  calls with K = D/2. Nothing is re-interleaved and no rotated copy of q is ever written (k:
+  rotated on load, or once by a pre-pass, see below).
 - cos/sin come from one tiny table T[p, j] = cos/sin(p * freq(j mod D/4)), p < max grid side,
   built by torch with the reference's own fp32 ops (so angles are bit-identical to the reference,
   and no in-kernel cos/sin of angles up to ~60 rad is needed, which on a GPU would use
