@@ -269,8 +269,9 @@ def default_config(bh: int, n_q: int, n_k: int, d: int, dv: int, device,
     bm, bn, warps, stages = candidate_tiles(d, dv, esize)[0]
     tiles = triton.cdiv(n_q, bm) * bh
     k_blocks = triton.cdiv(n_k, bn)
-    # Enough programs for about one full wave over the SMs (2 CTAs per SM fit for these tiles).
-    splits = max(1, min(k_blocks, 8, triton.cdiv(2 * num_sms(device), tiles)))
+    # At most one wave: these tiles need ~150+ registers per thread (a 64 x 256 fp32
+    # accumulator), so expect one CTA per SM; a partial second wave would idle most SMs.
+    splits = max(1, min(k_blocks, 8, num_sms(device) // tiles))
     return dict(BLOCK_M=bm, BLOCK_N=bn, SPLITS=splits, PRE_ROT=_pre_rotate(n_q, bm),
                 num_warps=warps, num_stages=stages)
 
