@@ -141,6 +141,22 @@ def test_global_key_splits(monkeypatch, splits):
                  reference.perceiver_attention(*to64(pa)), torch.float32)
 
 
+def test_gpu_tiles(monkeypatch):
+    """The GPU tile sizes (64-token blocks) on a small memory, in the interpreter."""
+    from edgetam_kernels.triton import perceiver
+
+    tiles = dict(BLOCK_L=16, BLOCK_N=64, BLOCK_T=64, num_warps=4, SPLITS_G=None)
+    monkeypatch.setattr(perceiver, "_tiles", lambda device: tiles)
+    args, kw = perceiver_inputs(c=32, grid=12, l1=20, l2=16)
+    assert_close(sp_run(args, kw), sp_ref(args, kw), torch.float32)
+
+
+def test_pos_needs_inner_equal_channels():
+    args, kw = perceiver_inputs(c=16, grid=8, l1=8, l2=4, inner=32)
+    with pytest.raises(ek.BackendUnavailable, match="pos"):
+        sp_run(args, kw)
+
+
 def test_spatial_perceiver_two_heads():
     args, kw = perceiver_inputs(c=32, grid=8, l1=8, l2=4)
     assert_close(sp_run(args, kw, heads=2), sp_ref(args, kw, heads=2), torch.float32)

@@ -77,9 +77,32 @@ def test_fp32_matches_reference(case):
     assert_close(out, ref64(q, k, v, kw), torch.float32, "fp32")
 
 
-def test_head_dim_256():
-    q, k, v, kw = make(1, 1, (4, 4), (4, 4), 2, 16, 4, 256)
+@pytest.mark.parametrize("q_grid", [(4, 4), (8, 8)])   # 8x8: keys rotated by the pre-pass
+def test_head_dim_256(q_grid):
+    q, k, v, kw = make(1, 1, q_grid, (4, 4), 2, 16, 4, 256)
     assert_close(run(q, k, v, kw), ref64(q, k, v, kw), torch.float32, "D 256")
+
+
+def _gpu_configs(d, esize):
+    from edgetam_kernels.triton.rope_attention import candidate_configs
+
+    seen, out = set(), []
+    for c in candidate_configs(1, 4096, 3648, d, d, torch.device("cpu"), esize):
+        key = (c["BLOCK_M"], c["BLOCK_N"], c["PRE_ROT"], c["SPLITS"] > 1)
+        if key not in seen and c["SPLITS"] <= 2:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+@pytest.mark.parametrize("cfg", _gpu_configs(64, 2) + _gpu_configs(64, 4),
+                         ids=lambda c: "m{BLOCK_M}n{BLOCK_N}s{SPLITS}p{PRE_ROT:d}".format(**c))
+def test_gpu_tile_configs(cfg):
+    """The tiles the GPU tuner tries, run here on small shapes (masking of big tiles)."""
+    q, k, v, kw = make(1, 2, (8, 9), (2, 2), 3, 2, 5, 64)
+    out = _kernel()(q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                    kw["num_k_exclude_rope"], 10000.0, None, None, config=cfg)
+    assert_close(out, ref64(q, k, v, kw), torch.float32, str(cfg))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
