@@ -1,6 +1,6 @@
 """One short GPU session for the Triton backend: parity, sanitizers, CUDA graphs, benchmarks.
 
-    bash bench/gpu_check.sh                 # everything, about 6-8 minutes on an H100
+    bash bench/gpu_check.sh                 # everything, an estimated 6-8 minutes on an H100, not yet run on a GPU
     python bench/gpu_check.py --skip-sanitizer --skip-compile   # parity + kernel timings only
     python bench/gpu_check.py --cpu-dry-run # tiny shapes in Triton's interpreter: tests the script
 
