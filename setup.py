@@ -22,7 +22,8 @@ def _sources():
     srcs = ["csrc/register.cpp", "csrc/dispatch.cpp", "csrc/isa/scalar.cpp"]
     machine = platform.machine().lower()
     if machine in ("x86_64", "amd64"):
-        srcs += ["csrc/isa/x86_avx2.cpp", "csrc/isa/x86_avx512.cpp", "csrc/isa/x86_avx512bf16.cpp"]
+        srcs += ["csrc/isa/x86_avx2.cpp", "csrc/isa/x86_avx512.cpp", "csrc/isa/x86_avx512bf16.cpp",
+                 "csrc/isa/x86_amx.cpp"]
     elif machine in ("aarch64", "arm64"):
         srcs += ["csrc/isa/arm_neon.cpp", "csrc/isa/arm_neon_bf16.cpp"]
     return srcs

@@ -16,10 +16,11 @@ enum Isa : int {
   kAvx2 = 1,        // AVX2 + FMA + F16C
   kAvx512 = 2,      // AVX-512 F/BW/DQ/VL
   kAvx512Bf16 = 3,  // + AVX512_BF16 (vdpbf16ps)
-  kNeon = 4,        // aarch64 AdvSIMD, fp32
-  kNeonFp16 = 5,    // + FEAT_FP16 arithmetic
-  kNeonBf16 = 6,    // + FEAT_BF16 (bfdot)
-  kIsaCount = 7,
+  kAvx512Amx = 4,   // + AMX tiles (tdpbf16ps) for bf16 compute
+  kNeon = 5,        // aarch64 AdvSIMD, fp32
+  kNeonFp16 = 6,    // + FEAT_FP16 arithmetic
+  kNeonBf16 = 7,    // + FEAT_BF16 (bfdot)
+  kIsaCount = 8,
 };
 
 // A thread pool as a function: runs body(ctx, begin, end) over chunks of [0, n).

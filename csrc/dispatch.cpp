@@ -25,6 +25,10 @@ EDGETAM_DECLARE(scalar)
 EDGETAM_DECLARE(avx2)
 EDGETAM_DECLARE(avx512)
 EDGETAM_DECLARE(avx512bf16)
+#if defined(__linux__)
+EDGETAM_DECLARE(avx512amx)
+namespace avx512amx { bool amx_permitted(); }
+#endif
 #endif
 #if EDGETAM_ARM64
 EDGETAM_DECLARE(neon)
@@ -46,6 +50,9 @@ Kernels table(int isa) {
     case kAvx2: k.rope_attention = avx2::rope_attention; k.spatial_perceiver = avx2::spatial_perceiver; break;
     case kAvx512: k.rope_attention = avx512::rope_attention; k.spatial_perceiver = avx512::spatial_perceiver; break;
     case kAvx512Bf16: k.rope_attention = avx512bf16::rope_attention; k.spatial_perceiver = avx512bf16::spatial_perceiver; break;
+#if defined(__linux__)
+    case kAvx512Amx: k.rope_attention = avx512amx::rope_attention; k.spatial_perceiver = avx512amx::spatial_perceiver; break;
+#endif
 #endif
 #if EDGETAM_ARM64
     case kNeon: k.rope_attention = neon::rope_attention; k.spatial_perceiver = neon::spatial_perceiver; break;
@@ -77,11 +84,16 @@ bool detect(int isa) {
   unsigned a1 = 0, b1, c1, d1;
   __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
   const bool bf16 = a1 & (1u << 5);
+  const bool amx = (d & (1u << 24)) && (d & (1u << 22)) && xgetbv_ok(0x60000);  // tile, bf16
   const bool zmm_os = xgetbv_ok(0xe6);  // opmask + ZMM state
   switch (isa) {
     case kAvx2: return avx2 && fma && f16c;
     case kAvx512: return avx2 && fma && f16c && avx512 && zmm_os;
     case kAvx512Bf16: return avx2 && fma && f16c && avx512 && zmm_os && bf16;
+#if defined(__linux__)
+    case kAvx512Amx:
+      return avx2 && fma && f16c && avx512 && zmm_os && bf16 && amx && avx512amx::amx_permitted();
+#endif
     default: return false;
   }
 #elif EDGETAM_ARM64
@@ -111,7 +123,7 @@ std::atomic<int> g_forced{-1};
 
 const char* isa_name(int isa) {
   static const char* names[kIsaCount] = {"scalar", "avx2", "avx512", "avx512_bf16",
-                                         "neon", "neon_fp16", "neon_bf16"};
+                                         "avx512_amx", "neon", "neon_fp16", "neon_bf16"};
   return (isa >= 0 && isa < kIsaCount) ? names[isa] : "unknown";
 }
 

@@ -13,6 +13,10 @@
 #pragma once
 #include "common.h"
 
+#ifndef EDGETAM_ATTN_ENTRY
+#define EDGETAM_ATTN_ENTRY rope_attention
+#endif
+
 namespace edgetam_cpu {
 namespace EDGETAM_ISA {
 namespace {
@@ -209,7 +213,7 @@ void attn_body(void* ctx, int64_t b, int64_t e) {
 
 }  // namespace
 
-void rope_attention(const RopeAttnArgs& a, const Parallel& par) {
+void EDGETAM_ATTN_ENTRY(const RopeAttnArgs& a, const Parallel& par) {
   constexpr int64_t W = V::W;
   AttnJob job;
   job.a = &a;

@@ -19,7 +19,8 @@ import torch
 
 from .._registry import Backend
 
-ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16", "neon", "neon_fp16", "neon_bf16")
+ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16", "avx512_amx", "neon", "neon_fp16",
+             "neon_bf16")
 ENV_ISA = "EDGETAM_KERNELS_CPU_ISA"
 _COMPUTE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -144,7 +145,8 @@ def supports(op: str, args: tuple) -> Optional[str]:
 def _detail() -> str:
     cur = isa()
     how = "forced" if cur != best_isa() else "best here"
-    native = {"avx512_bf16": "bf16 dot: vdpbf16ps", "neon_bf16": "bf16 dot: bfdot",
+    native = {"avx512_bf16": "bf16 dot: vdpbf16ps", "avx512_amx": "bf16 compute: AMX tdpbf16ps",
+              "neon_bf16": "bf16 dot: bfdot",
               "neon_fp16": "fp16 arithmetic"}.get(cur, "reduced precision emulated in fp32")
     return f"{cur} ({how}; {native}); threads: torch.get_num_threads()={torch.get_num_threads()}"
 
