@@ -135,6 +135,7 @@ void micro(int64_t K, const float* A, int64_t sai, int64_t sak, const float* B, 
       c[i][j] = acc ? (rs ? V::mul(V::load(C + i * ldc + j * W), s) : V::load(C + i * ldc + j * W))
                     : V::zero();
   }
+#pragma GCC unroll 4
   for (int64_t k = 0; k < K; ++k) {
     typename V::f b[nr];
 #pragma GCC unroll 8
