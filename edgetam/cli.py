@@ -146,12 +146,14 @@ def track(args) -> dict:
 
     masks: List[np.ndarray] = [None] * len(frames)
     times: List[float] = []
-    gen = predictor.propagate_in_video(state)
+    bar = _progress(predictor.propagate_in_video(state), len(frames), not args.no_progress)
     t_prev = time.perf_counter()
-    for frame_idx, _, logits in _progress(gen, len(frames), not args.no_progress):
+    for frame_idx, _, logits in bar:
         now = time.perf_counter()
         times.append((now - t_prev) * 1e3)
         masks[frame_idx] = (logits[0, 0] > 0).cpu().numpy()
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{times[-1]:.0f} ms/frame")
         t_prev = time.perf_counter()
 
     # frame 0 comes from the prompt step (plus its memory encoding at the first yield);

@@ -6,7 +6,7 @@ tracked together in one video (all share the frame's image features).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F

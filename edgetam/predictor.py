@@ -14,11 +14,10 @@ CPU) is not done.
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from collections import OrderedDict
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -87,6 +86,65 @@ class Frames:
 
     def __getitem__(self, i: int) -> Tensor:
         return preprocess_frame(self.frames[i], self.image_size)
+
+
+def prompt_points(points, labels, box, width: int, height: int, image_size: int,
+                  normalize_coords: bool = True, device=None) -> Tuple[Tensor, Tensor]:
+    """Validate clicks (N, 2) with labels 0/1 and / or a box (x0, y0, x1, y1) in pixels of a
+    width x height frame (or in [0, 1] when normalize_coords is False) and turn them into model
+    points (1, M, 2) and labels (1, M) (a box becomes 2 points, labels 2 and 3, first)."""
+    w, h = width, height
+    if (points is None) != (labels is None):
+        raise ValueError("points and labels must be given together")
+    if points is None and box is None:
+        raise ValueError("give points (with labels) or a box")
+    lim = torch.tensor([w, h], dtype=torch.float32) if normalize_coords else torch.ones(2)
+    unit = "pixels" if normalize_coords else "normalized [0, 1] coordinates"
+    if points is None:
+        pts = torch.zeros(0, 2)
+        labs = torch.zeros(0, dtype=torch.int32)
+    else:
+        pts = torch.as_tensor(np.asarray(points, dtype=np.float32)) \
+            if not isinstance(points, Tensor) else points.detach().float().cpu()
+        labs = torch.as_tensor(np.asarray(labels)) \
+            if not isinstance(labels, Tensor) else labels.detach().cpu()
+        if pts.dim() == 1 and pts.numel() == 2:
+            pts = pts[None]
+        if pts.dim() != 2 or pts.shape[-1] != 2:
+            raise ValueError(f"points must be (N, 2) as (x, y), got shape {tuple(pts.shape)}")
+        labs = labs.reshape(-1)
+        if labs.shape[0] != pts.shape[0]:
+            raise ValueError(f"got {pts.shape[0]} points but {labs.shape[0]} labels")
+        if labs.is_floating_point() and not torch.equal(labs, labs.round()):
+            raise ValueError(f"labels must be 0 (background) or 1 (foreground), got {labs}")
+        labs = labs.to(torch.int32)
+        if not bool(((labs == 0) | (labs == 1)).all()):
+            raise ValueError(
+                f"labels must be 0 (background) or 1 (foreground), got {labs.tolist()}")
+        _check_inside(pts, lim, "point(s)", unit)
+    if box is not None:
+        b = torch.as_tensor(np.asarray(box, dtype=np.float32)) \
+            if not isinstance(box, Tensor) else box.detach().float().cpu()
+        if b.numel() != 4:
+            raise ValueError(f"box must be (x0, y0, x1, y1), got shape {tuple(b.shape)}")
+        b = b.reshape(2, 2)
+        if not bool((b[1] > b[0]).all()):
+            raise ValueError(f"box must have x0 < x1 and y0 < y1, got {b.reshape(-1).tolist()}")
+        _check_inside(b, lim, "box corner(s)", unit)
+        pts = torch.cat([b, pts], dim=0)
+        labs = torch.cat([torch.tensor([2, 3], dtype=torch.int32), labs], dim=0)
+    pts = pts / lim * image_size
+    return pts[None].to(device), labs[None].to(device)
+
+
+def _check_inside(pts: Tensor, lim: Tensor, what: str, unit: str) -> None:
+    if not bool(torch.isfinite(pts).all()):
+        raise ValueError(f"{what} must be finite, got {pts.tolist()}")
+    bad = ((pts < 0) | (pts > lim)).any(dim=-1)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{what} {pts[bad].tolist()} outside the frame: x must lie in [0, {lim[0]:g}] "
+            f"and y in [0, {lim[1]:g}] ({unit})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,58 +261,8 @@ class VideoPredictor:
     # --- prompts ------------------------------------------------------------------------------
 
     def _prompt_points(self, state, points, labels, box, normalize_coords):
-        if (points is None) != (labels is None):
-            raise ValueError("points and labels must be given together")
-        if points is None and box is None:
-            raise ValueError("give points (with labels) or a box")
-        w, h = state["video_width"], state["video_height"]
-        lim = torch.tensor([w, h], dtype=torch.float32) if normalize_coords else torch.ones(2)
-        unit = "pixels" if normalize_coords else "normalized [0, 1] coordinates"
-        if points is None:
-            pts = torch.zeros(0, 2)
-            labs = torch.zeros(0, dtype=torch.int32)
-        else:
-            pts = torch.as_tensor(np.asarray(points, dtype=np.float32)) \
-                if not isinstance(points, Tensor) else points.detach().float().cpu()
-            labs = torch.as_tensor(np.asarray(labels)) \
-                if not isinstance(labels, Tensor) else labels.detach().cpu()
-            if pts.dim() == 1 and pts.numel() == 2:
-                pts = pts[None]
-            if pts.dim() != 2 or pts.shape[-1] != 2:
-                raise ValueError(f"points must be (N, 2) as (x, y), got shape {tuple(pts.shape)}")
-            labs = labs.reshape(-1)
-            if labs.shape[0] != pts.shape[0]:
-                raise ValueError(f"got {pts.shape[0]} points but {labs.shape[0]} labels")
-            if labs.is_floating_point() and not torch.equal(labs, labs.round()):
-                raise ValueError(f"labels must be 0 (background) or 1 (foreground), got {labs}")
-            labs = labs.to(torch.int32)
-            if not bool(((labs == 0) | (labs == 1)).all()):
-                raise ValueError(
-                    f"labels must be 0 (background) or 1 (foreground), got {labs.tolist()}")
-            self._check_inside(pts, lim, f"point(s)", unit)
-        if box is not None:
-            b = torch.as_tensor(np.asarray(box, dtype=np.float32)) \
-                if not isinstance(box, Tensor) else box.detach().float().cpu()
-            if b.numel() != 4:
-                raise ValueError(f"box must be (x0, y0, x1, y1), got shape {tuple(b.shape)}")
-            b = b.reshape(2, 2)
-            if not bool((b[1] > b[0]).all()):
-                raise ValueError(f"box must have x0 < x1 and y0 < y1, got {b.reshape(-1).tolist()}")
-            self._check_inside(b, lim, "box corner(s)", unit)
-            pts = torch.cat([b, pts], dim=0)
-            labs = torch.cat([torch.tensor([2, 3], dtype=torch.int32), labs], dim=0)
-        pts = pts / lim * self.image_size
-        return pts[None].to(self.device), labs[None].to(self.device)
-
-    @staticmethod
-    def _check_inside(pts: Tensor, lim: Tensor, what: str, unit: str) -> None:
-        if not bool(torch.isfinite(pts).all()):
-            raise ValueError(f"{what} must be finite, got {pts.tolist()}")
-        bad = ((pts < 0) | (pts > lim)).any(dim=-1)
-        if bool(bad.any()):
-            raise ValueError(
-                f"{what} {pts[bad].tolist()} outside the frame: x must lie in [0, {lim[0]:g}] "
-                f"and y in [0, {lim[1]:g}] ({unit})")
+        return prompt_points(points, labels, box, state["video_width"], state["video_height"],
+                             self.image_size, normalize_coords, self.device)
 
     @torch.inference_mode()
     def add_new_points_or_box(self, state: dict, frame_idx: int, obj_id, points=None,
@@ -603,12 +611,10 @@ class ImagePredictor:
             raise RuntimeError("call set_image(image) before predict(...)")
         h, w = self._orig_hw
         dev = self.model.device
-        vp = VideoPredictor.__new__(VideoPredictor)
-        vp.model = self.model
-        fake_state = {"video_width": w, "video_height": h}
         pts, labs = None, None
         if point_coords is not None or point_labels is not None or box is not None:
-            pts, labs = vp._prompt_points(fake_state, point_coords, point_labels, box, True)
+            pts, labs = prompt_points(point_coords, point_labels, box, w, h,
+                                      self.model.image_size, True, dev)
         dense_in = None
         if mask_input is not None:
             m = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32).to(dev)

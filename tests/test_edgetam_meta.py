@@ -136,27 +136,32 @@ def test_parity_512_two_objects(runs512):
     _compare(both, ours, "512, 2 objects")
 
 
-def test_parity_1024_one_object():
-    meta, ours = _build(1024)
+@pytest.fixture(scope="module")
+def models1024():
+    return _build(1024)
+
+
+def test_parity_1024_one_object(models1024):
+    meta, ours = models1024
     _compare({k: v for k, v in _run_meta(meta, 1024, PROMPTS[:1], None).items()},
              _run_ours(ours, PROMPTS[:1]), "1024, 1 object")
 
 
 @pytest.mark.slow
-def test_parity_1024_two_objects():
-    meta, ours = _build(1024)
+def test_parity_1024_two_objects(models1024):
+    meta, ours = models1024
     meta_runs = [_run_meta(meta, 1024, [p], None) for p in PROMPTS]
     both = {t: torch.cat([r[t] for r in meta_runs]) for t in range(NUM_FRAMES)}
     _compare(both, _run_ours(ours, PROMPTS), "1024, 2 objects")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_image_predictor_matches_meta():
+def test_image_predictor_matches_meta(models1024):
     """Single-image segmentation against Meta's SAM2ImagePredictor (its own preprocessing:
     torchvision resize + normalize), 1024 input (Meta's image predictor is fixed to it)."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    meta, ours = _build(1024)
+    meta, ours = models1024
     theirs = SAM2ImagePredictor(meta)
     mine = edgetam.ImagePredictor(ours)
     with warnings.catch_warnings():
