@@ -69,6 +69,10 @@ class Norm:
         return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
 
 
+def _to(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
+    return t if t is None or dtype is None else t.to(dtype)
+
+
 @dataclass
 class MLP:
     w1: Tensor
@@ -77,8 +81,10 @@ class MLP:
     b2: Optional[Tensor]
     activation: Callable[[Tensor], Tensor]
 
-    def __call__(self, x: Tensor) -> Tensor:
-        return F.linear(self.activation(F.linear(x, self.w1, self.b1)), self.w2, self.b2)
+    def __call__(self, x: Tensor, compute_dtype: Optional[torch.dtype] = None) -> Tensor:
+        cd = compute_dtype
+        h = self.activation(F.linear(_to(x, cd), _to(self.w1, cd), _to(self.b1, cd)))
+        return F.linear(h, _to(self.w2, cd), _to(self.b2, cd)).to(x.dtype)
 
 
 def latent_rope(q_grid, k_grid, theta: float, n_q: int, n_k: int, num_k_exclude_rope: int,
@@ -114,7 +120,17 @@ def attend(q_in: Tensor, k_in: Tensor, v_in: Tensor, p: Projections, rope: Rope,
 
     When q_in, k_in and v_in are the same tensor (memory attention's self-attention), the three
     projections run as one GEMM against the stacked weight [Wq; Wk; Wv].
+    options["compute_dtype"] (e.g. torch.bfloat16) runs the projections and the attention in
+    that dtype; the result comes back in q_in's dtype.
     """
+    out_dtype, cd = q_in.dtype, options.get("compute_dtype")
+    if cd is not None and cd != out_dtype:
+        same_kv, same_qk = k_in is v_in, q_in is k_in
+        q_in = q_in.to(cd)
+        k_in = q_in if same_qk else k_in.to(cd)
+        v_in = k_in if same_kv else v_in.to(cd)
+        p = Projections(*(_to(w, cd) for w in (p.wq, p.bq, p.wk, p.bk, p.wv, p.bv, p.wo, p.bo)),
+                        heads=p.heads)
     if q_in is k_in and k_in is v_in and (p.bq is None) == (p.bk is None) == (p.bv is None):
         qkv = F.linear(q_in, torch.cat([p.wq, p.wk, p.wv]), _cat_bias(p.bq, p.bk, p.bv))
         q, k, v = qkv.split([p.wq.shape[0], p.wk.shape[0], p.wv.shape[0]], dim=-1)
@@ -132,10 +148,10 @@ def attend(q_in: Tensor, k_in: Tensor, v_in: Tensor, p: Projections, rope: Rope,
     out = ops.rope_attention(
         q, k, v, q_grid=rope.q_grid, k_grid=rope.k_grid, k_repeat=rope.k_repeat,
         num_k_exclude_rope=rope.num_k_exclude_rope, theta=rope.theta,
-        compute_dtype=options.get("compute_dtype"), backend=options["backend"],
+        compute_dtype=cd, backend=options["backend"],
     )
     b, h, n, d = out.shape
-    return F.linear(out.transpose(1, 2).reshape(b, n, h * d), p.wo, p.bo)
+    return F.linear(out.transpose(1, 2).reshape(b, n, h * d), p.wo, p.bo).to(out_dtype)
 
 
 def memory_attention_layer(
@@ -157,6 +173,8 @@ def memory_attention_layer(
 
     `pos_at_*` add `query_pos` where Meta's MemoryAttentionLayer options say so (both off in
     EdgeTAM and SAM 2.1). Dropout is not applied: callers use this in eval mode only.
+    options["compute_dtype"] runs the projections, attentions and MLP in that dtype; the
+    LayerNorms and the residual stream stay in x's dtype.
     """
     h = norms[0](x)
     qk = h + query_pos if pos_at_self_attn else h
@@ -165,7 +183,7 @@ def memory_attention_layer(
     q = h + query_pos if pos_at_cross_queries else h
     k = memory + memory_pos if memory_pos is not None else memory
     x = x + attend(q, k, memory, *cross_attn, options)
-    return x + mlp(norms[2](x))
+    return x + mlp(norms[2](x), options.get("compute_dtype"))
 
 
 def perceiver_layer(latents: Tensor, x: Tensor, pos: Optional[Tensor], w: Sequence[Tensor],

@@ -1,0 +1,99 @@
+"""Turn bench/test_e2e.py's pytest-benchmark JSON into a markdown table and a PNG plot.
+
+    python bench/plot_e2e.py bench/results/e2e_cpu.json [--out bench/results/e2e_cpu]
+
+writes <out>.table.md (per group: time per frame or per call, min and median over rounds,
+speed-up of min over the unpatched variant) and <out>.png (one panel per group, bars per
+variant). Needs matplotlib for the PNG (the table is written without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import OrderedDict
+
+
+def load(path: str) -> "OrderedDict[str, list]":
+    """group -> [(variant, min_s, median_s)] with times per tracked frame (or per call)."""
+    with open(path) as f:
+        data = json.load(f)
+    groups: "OrderedDict[str, list]" = OrderedDict()
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        frames = max(1, int(info.get("frames", 1)))
+        stats = b["stats"]
+        groups.setdefault(b["group"] or b["name"], []).append(
+            (info.get("variant", b["name"]), stats["min"] / frames, stats["median"] / frames)
+        )
+    return groups
+
+
+def table(groups, machine: str = "") -> str:
+    lines = []
+    if machine:
+        lines += [machine, ""]
+    for group, rows in groups.items():
+        unit = "per tracked frame" if "tracked" in group else "per call"
+        base = next((r[1] for r in rows if r[0] == "unpatched"), None)
+        lines += [f"### {group}", "", f"| variant | min ({unit}) | median | speed-up vs unpatched (min) |",
+                  "|---|---:|---:|---:|"]
+        for variant, tmin, tmed in rows:
+            speed = f"{base / tmin:.2f}x" if base else "-"
+            lines.append(f"| {variant} | {tmin * 1e3:.0f} ms | {tmed * 1e3:.0f} ms | {speed} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(groups, path: str, title: str = "") -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG (pip install matplotlib)")
+        return False
+    n = len(groups)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+    for ax, (group, rows) in zip(axes[0], groups.items()):
+        names = [r[0] for r in rows]
+        ms = [r[1] * 1e3 for r in rows]
+        base = next((r[1] * 1e3 for r in rows if r[0] == "unpatched"), None)
+        bars = ax.bar(range(len(rows)), ms, color=["#999999" if v == "unpatched" else "#1f77b4"
+                                                   for v in names])
+        for bar, v in zip(bars, ms):
+            label = f"{v:.0f} ms" + (f"\n{base / v:.2f}x" if base else "")
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom",
+                        fontsize=7)
+        ax.set_xticks(range(len(rows)), [v.replace("patched:", "") for v in names],
+                      rotation=30, ha="right", fontsize=8)
+        ax.set_title(group, fontsize=9)
+        ax.set_ylabel("ms " + ("per tracked frame" if "tracked" in group else "per call"))
+        ax.set_ylim(0, max(ms) * 1.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("json")
+    ap.add_argument("--out", help="output prefix (default: the JSON path without .json)")
+    ap.add_argument("--machine", default="", help="machine description put above the table")
+    args = ap.parse_args(argv)
+    out = args.out or os.path.splitext(args.json)[0]
+    groups = load(args.json)
+    md = table(groups, args.machine)
+    with open(out + ".table.md", "w") as f:
+        f.write(md + "\n")
+    print(md)
+    if plot(groups, out + ".png", args.machine):
+        print(f"wrote {out}.table.md and {out}.png")
+
+
+if __name__ == "__main__":
+    main()
