@@ -7,6 +7,7 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include <atomic>
 #include <optional>
 #include <vector>
 
@@ -17,8 +18,23 @@ using torch::stable::Tensor;
 
 namespace {
 
+// Work items are handed out dynamically (an atomic counter, about 4 chunks per thread) rather
+// than split statically: on a shared machine a descheduled thread then delays only its chunk.
 void torch_run(void*, int64_t n, void* ctx, void (*body)(void*, int64_t, int64_t)) {
-  torch::stable::parallel_for(0, n, 1, [&](int64_t b, int64_t e) { body(ctx, b, e); });
+  const int64_t threads = int64_t(torch::stable::get_num_threads());
+  if (threads <= 1 || n <= 1) {
+    body(ctx, 0, n);
+    return;
+  }
+  const int64_t chunk = (n + 4 * threads - 1) / (4 * threads);
+  std::atomic<int64_t> next{0};
+  torch::stable::parallel_for(0, threads < n ? threads : n, 1, [&](int64_t, int64_t) {
+    for (;;) {
+      const int64_t b = next.fetch_add(chunk);
+      if (b >= n) break;
+      body(ctx, b, b + chunk < n ? b + chunk : n);
+    }
+  });
 }
 
 edgetam_cpu::Parallel torch_pool() {

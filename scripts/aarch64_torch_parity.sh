@@ -47,8 +47,11 @@ if [ ! -d "$SITE/torch" ]; then
 fi
 
 # 3. The package with an aarch64 _C.so, cross-built against the stable ABI (torch >= 2.10).
-rm -rf "$PKG/edgetam_kernels"
+rm -rf "$PKG/edgetam_kernels" "$PKG/tests"
 cp -r "$ROOT/edgetam_kernels" "$PKG/edgetam_kernels"
+# the tests run from a copy, so that nothing imports the host tree (and its x86 _C.so)
+mkdir -p "$PKG/tests" && cp "$ROOT"/tests/conftest.py "$ROOT"/tests/test_cpu_attention.py \
+  "$ROOT"/tests/test_cpu_perceiver.py "$PKG/tests/"
 rm -f "$PKG"/edgetam_kernels/_C*.so
 PYINC=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 aarch64-linux-gnu-g++ -O3 -std=c++17 -shared -fPIC -fvisibility=hidden \
@@ -62,11 +65,12 @@ aarch64-linux-gnu-g++ -O3 -std=c++17 -shared -fPIC -fvisibility=hidden \
 # 4. Run the torch-level CPU tests under qemu. The env-var test spawns a subprocess (no binfmt
 # here) and torch.compile needs a C++ compiler inside the emulated machine: both deselected.
 DEFAULT_K='not env_var and not compile and not edgetam_grids and not edgetam_shape and not self_32x32 and not edgetam_32x32'
+cd "$PKG"  # so `python -m` does not import the host tree's edgetam_kernels
 run() {
   echo "== qemu -cpu max, EDGETAM_KERNELS_CPU_ISA=${1:-auto}"
   EDGETAM_KERNELS_CPU_ISA=${1:-} PYTHONPATH="$PKG:$SITE" QEMU_CPU=max \
     qemu-aarch64-static -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" -m pytest -q -p no:cacheprovider \
-    --rootdir "$ROOT" -c /dev/null "$ROOT/tests/test_cpu_attention.py" "$ROOT/tests/test_cpu_perceiver.py" \
+    --rootdir "$PKG" -c /dev/null tests/test_cpu_attention.py tests/test_cpu_perceiver.py \
     ${PYTEST_ARGS:--k "$DEFAULT_K"}
 }
 PYTHONPATH="$PKG:$SITE" QEMU_CPU=max qemu-aarch64-static -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" -c \
