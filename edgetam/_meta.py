@@ -42,8 +42,14 @@ def _no_pretrained():
         tb.create_model = original
 
 
-def build_meta_video_predictor(image_size: int = 1024, device: str = "cpu", seed: int = 0):
-    """Meta's SAM2VideoPredictor for EdgeTAM at `image_size`, random weights (seeded)."""
+def build_meta_video_predictor(image_size: int = 1024, device: str = "cpu", seed: int = 0,
+                               fill_hole_area: int = 8):
+    """Meta's SAM2VideoPredictor for EdgeTAM at `image_size`, random weights (seeded).
+
+    fill_hole_area: Meta's builder sets 8 (fill background holes of up to 8 low-res pixels).
+    Meta's code finds the holes with its CUDA extension or OpenCV and silently skips the step
+    without them; `our_hole_filling()` makes it use edgetam's (identical to OpenCV's)
+    so results do not depend on whether OpenCV is installed."""
     _shim_torchvision()
     from sam2.build_sam import build_sam2_video_predictor
     import sam2.modeling.sam.transformer as tr
@@ -57,7 +63,24 @@ def build_meta_video_predictor(image_size: int = 1024, device: str = "cpu", seed
     with _no_pretrained(), contextlib.redirect_stdout(None):
         model = build_sam2_video_predictor("configs/edgetam.yaml", None, device=device,
                                            hydra_overrides_extra=overrides)
+    model.fill_hole_area = fill_hole_area
     return model.eval()
+
+
+@contextlib.contextmanager
+def our_hole_filling():
+    """Within the block, Meta's video predictor fills holes with edgetam.postprocess.fill_holes
+    (bit-identical to its OpenCV path, which needs cv2) instead of skipping the step."""
+    import sam2.sam2_video_predictor as svp
+
+    from .postprocess import fill_holes
+
+    original = svp.fill_holes_in_mask_scores
+    svp.fill_holes_in_mask_scores = fill_holes
+    try:
+        yield
+    finally:
+        svp.fill_holes_in_mask_scores = original
 
 
 @torch.no_grad()

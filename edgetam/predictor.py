@@ -7,9 +7,8 @@
         masks = mask_logits > 0                    # (num_objects, 1, H, W)
 
 Objects are tracked together as one batch. The bookkeeping (conditioning frames, temporary
-per-object outputs merged before propagation, memory stored in bfloat16) follows Meta's video
-predictor, so results match it; hole filling (a CUDA extension in Meta's code, skipped there on
-CPU) is not done.
+per-object outputs merged before propagation, memory stored in bfloat16, small holes filled)
+follows Meta's video predictor, so results match it.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model import NO_OBJ_SCORE, EdgeTAM
+from .postprocess import fill_holes
 
 IMG_MEAN = (0.485, 0.456, 0.406)
 IMG_STD = (0.229, 0.224, 0.225)
@@ -153,13 +153,19 @@ def _check_inside(pts: Tensor, lim: Tensor, what: str, unit: str) -> None:
 
 
 class VideoPredictor:
-    def __init__(self, model: EdgeTAM, fill_hole_area: int = 0, non_overlap_masks: bool = False):
+    """Meta-style video predictor. fill_hole_area: background holes of at most this many
+    low-res (S/4) pixels in each object's mask are filled (Meta's default, 8; 0 turns it off).
+    non_overlap_masks: where objects overlap in the output, only the highest logit stays
+    positive."""
+
+    def __init__(self, model: EdgeTAM, fill_hole_area: int = 8, non_overlap_masks: bool = False):
         if not isinstance(model, EdgeTAM):
             raise TypeError(f"VideoPredictor takes an edgetam.EdgeTAM model, got {type(model)}")
+        if fill_hole_area < 0:
+            raise ValueError(f"fill_hole_area must be >= 0, got {fill_hole_area}")
         self.model = model.eval()
+        self.fill_hole_area = int(fill_hole_area)
         self.non_overlap_masks = non_overlap_masks
-        if fill_hole_area:
-            warnings.warn("fill_hole_area is not implemented in edgetam; masks are not filled")
 
     @property
     def image_size(self) -> int:
@@ -502,16 +508,19 @@ class VideoPredictor:
                                     output_dict, state["num_frames"], reverse,
                                     run_mem_encoder, prev_sam_mask_logits)
         mem = out["maskmem_features"]
+        pred = out["pred_masks"]
+        if self.fill_hole_area > 0:
+            pred = fill_holes(pred, self.fill_hole_area)
         compact = {
             # stored in bfloat16, as Meta's predictor does
             "maskmem_features": None if mem is None else mem.to(torch.bfloat16),
             "maskmem_pos_enc": None if out["maskmem_pos_enc"] is None
             else self._shared_pos(state, out["maskmem_pos_enc"]),
-            "pred_masks": out["pred_masks"],
+            "pred_masks": pred,
             "obj_ptr": out["obj_ptr"],
             "object_score_logits": out["object_score_logits"],
         }
-        return compact, out["pred_masks"]
+        return compact, pred
 
     def _to_video_res(self, state, masks: Tensor) -> Tensor:
         size = (state["video_height"], state["video_width"])

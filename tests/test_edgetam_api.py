@@ -35,7 +35,7 @@ def clip():
 def test_import_is_dependency_light():
     code = ("import sys, edgetam, edgetam.cli, edgetam.export, edgetam.video_io; "
             "bad = [m for m in ('sam2', 'timm', 'hydra', 'torchvision', 'av', 'PIL', "
-            "'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+            "'transformers', 'cv2') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -247,3 +247,51 @@ def test_image_predictor(model, clip):
     assert masks.shape == (1, 96, 128) and masks.dtype == np.float32
     with pytest.raises(ValueError, match="outside the frame"):
         pred.predict(point_coords=[[500, 1]], point_labels=[1])
+
+
+def _holes_reference(fg: np.ndarray, max_area: int) -> np.ndarray:
+    """Flood fill (8-connectivity) of each component; True where its area <= max_area."""
+    h, w = fg.shape
+    seen = np.zeros_like(fg)
+    out = np.zeros_like(fg)
+    for y in range(h):
+        for x in range(w):
+            if not fg[y, x] or seen[y, x]:
+                continue
+            stack, comp = [(y, x)], []
+            seen[y, x] = True
+            while stack:
+                cy, cx = stack.pop()
+                comp.append((cy, cx))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        ny, nx = cy + dy, cx + dx
+                        if 0 <= ny < h and 0 <= nx < w and fg[ny, nx] and not seen[ny, nx]:
+                            seen[ny, nx] = True
+                            stack.append((ny, nx))
+            if len(comp) <= max_area:
+                for cy, cx in comp:
+                    out[cy, cx] = True
+    return out
+
+
+@pytest.mark.parametrize("max_area", [1, 3, 8, 30])
+def test_fill_holes(max_area):
+    from edgetam.postprocess import fill_holes
+
+    g = torch.Generator().manual_seed(max_area)
+    x = torch.randn(3, 1, 5, 6, generator=g)
+    x = torch.nn.functional.interpolate(x, size=(40, 48), mode="bilinear")
+    x = x + 0.5 * torch.randn(3, 1, 40, 48, generator=g)
+    got = fill_holes(x, max_area)
+    for i in range(3):
+        holes = _holes_reference((x[i, 0] <= 0).numpy(), max_area)
+        want = torch.where(torch.from_numpy(holes), torch.tensor(0.1), x[i, 0])
+        assert torch.equal(got[i, 0], want)
+    assert torch.equal(fill_holes(x, 0), x)
+    try:  # Meta's CPU path uses OpenCV's connected components: same result
+        import cv2  # noqa: F401
+        from sam2.utils.misc import fill_holes_in_mask_scores
+    except ImportError:
+        return
+    assert torch.equal(fill_holes_in_mask_scores(x.clone(), max_area), got)

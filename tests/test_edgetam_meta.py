@@ -5,7 +5,9 @@ Meta's model is built offline (no ImageNet download) by `edgetam._meta`; BatchNo
 norms and biases are randomized so they are tested too, and the object-score bias is positive so
 masks flow into memory. Meta's spatial perceiver cannot run a batch of several objects (a
 `.view` on an expanded tensor), so for two objects each is tracked by its own Meta predictor and
-compared with our batched run.
+compared with our batched run. Hole filling (fill_hole_area 8, Meta's default) runs in both,
+with edgetam's connected components in Meta's predictor too (its own path needs OpenCV on
+CPU; `tests/test_edgetam_api.py` checks ours against a reference and OpenCV).
 """
 
 import warnings
@@ -53,11 +55,12 @@ def _run_meta(meta, image_size, prompts, monkeypatch_frames):
     finally:
         svp.load_video_frames = original
     out = {}
-    for obj_id, kw in prompts:
-        _, _, m = meta.add_new_points_or_box(state, 0, obj_id, **kw)
-        out["prompt"] = m
-    for t, _, m in meta.propagate_in_video(state):
-        out[t] = m
+    with _meta.our_hole_filling():  # Meta's own needs OpenCV on CPU, else it is skipped
+        for obj_id, kw in prompts:
+            _, _, m = meta.add_new_points_or_box(state, 0, obj_id, **kw)
+            out["prompt"] = m
+        for t, _, m in meta.propagate_in_video(state):
+            out[t] = m
     return out
 
 
