@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
     t.add_argument("--backend", default="auto",
                    help="edgetam_kernels backend: auto, reference, cpu, triton, metal")
+    t.add_argument("--threads", default="auto",
+                   help="CPU threads for torch; 'auto' (default): torch's default, reduced to "
+                        "the cores other processes leave idle (1-minute load average), since "
+                        "oversubscribed threads slow every step down many times over")
     t.add_argument("--seed", type=int, default=0, help="seed for random weights")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -85,6 +89,26 @@ def _progress(iterable, total: int, enabled: bool):
     except ImportError:
         return iterable
     return tqdm(iterable, total=total, desc="tracking", unit="frame", file=sys.stderr)
+
+
+def _choose_threads(spec: str) -> int:
+    import torch
+
+    default = torch.get_num_threads()
+    if spec != "auto":
+        try:
+            n = int(spec)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise CliError(f"--threads must be 'auto' or a positive integer, got {spec!r}")
+        return n
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        return default
+    idle = int((os.cpu_count() or default) - busy + 0.5)
+    return max(1, min(default, idle))
 
 
 def track(args) -> dict:
@@ -114,6 +138,8 @@ def track(args) -> dict:
             raise CliError("give the object to track on frame 0: --point X,Y or --box X0,Y0,X1,Y1")
 
     # model
+    threads = _choose_threads(str(args.threads))
+    torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
     if args.checkpoint is None:
         print("NOTE: no --checkpoint given: the weights are RANDOM, so the masks are meaningless; "
@@ -131,7 +157,7 @@ def track(args) -> dict:
             model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
     predictor = edgetam.VideoPredictor(model)
     print(f"edgetam: {source}, image size {args.image_size}, device {args.device}, "
-          f"backend {args.backend}", file=sys.stderr)
+          f"backend {args.backend}, {threads} CPU thread(s)", file=sys.stderr)
 
     state = predictor.init_state(frames)
     t0 = time.perf_counter()
@@ -162,7 +188,7 @@ def track(args) -> dict:
     per_frame = sum(tracked) / len(tracked)
     summary = {
         "source": source, "image_size": args.image_size, "device": args.device,
-        "backend": args.backend, "random_weights": args.checkpoint is None,
+        "backend": args.backend, "threads": threads, "random_weights": args.checkpoint is None,
         "frames": len(frames), "prompt_ms": round(prompt_ms, 2),
         "frame_ms": [round(t, 2) for t in times], "mean_tracked_frame_ms": round(per_frame, 2),
         "fps": round(1e3 / per_frame, 3),
@@ -188,7 +214,8 @@ def track(args) -> dict:
         raise
 
     print(f"prompt frame: {prompt_ms:.0f} ms; tracked frames: {per_frame:.0f} ms/frame "
-          f"({1e3 / per_frame:.2f} FPS) at {args.image_size}x{args.image_size} on {args.device}")
+          f"({1e3 / per_frame:.2f} FPS) at {args.image_size}x{args.image_size} on {args.device}, "
+          f"{threads} thread(s)")
     if args.checkpoint is None:
         print("weights are random (no --checkpoint): the masks are meaningless, timings only")
     print(f"wrote {len(masks)} masks, overlay.gif and summary.json to {out_dir}")
@@ -196,11 +223,16 @@ def track(args) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import torch
+
     args = build_parser().parse_args(argv)
+    threads = torch.get_num_threads()
     try:
         if args.command == "track":
             track(args)
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)  # main() may run inside a larger program
     return 0

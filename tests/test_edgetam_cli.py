@@ -21,8 +21,12 @@ def _run(tmp_path, *args):
 
 
 def test_synthetic_demo(tmp_path, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
     out = tmp_path / "out"
-    assert _run(tmp_path, "--out", str(out), "--frames", "3") == 0
+    assert _run(tmp_path, "--out", str(out), "--frames", "3", "--threads", "1") == 0
+    assert torch.get_num_threads() == threads  # restored
     captured = capsys.readouterr()
     assert "RANDOM" in captured.err and "timings only" in captured.out
     assert "ms/frame" in captured.out and "FPS" in captured.out
@@ -35,7 +39,7 @@ def test_synthetic_demo(tmp_path, capsys):
         assert gif.n_frames == 3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 3 and summary["random_weights"] is True
-    assert summary["fps"] > 0 and len(summary["frame_ms"]) == 3
+    assert summary["fps"] > 0 and len(summary["frame_ms"]) == 3 and summary["threads"] >= 1
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".edgetam-tmp")]
 
 
@@ -71,7 +75,7 @@ def test_mp4(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["unreadable", "missing", "no_prompt", "outside", "checkpoint",
-                                  "corrupt_checkpoint", "not_empty", "bad_frames"])
+                                  "corrupt_checkpoint", "not_empty", "bad_frames", "threads"])
 def test_bad_input_writes_nothing(tmp_path, capsys, case):
     out = tmp_path / "out"
     args = ["--out", str(out)]
@@ -98,6 +102,8 @@ def test_bad_input_writes_nothing(tmp_path, capsys, case):
         (out / "keep.txt").write_text("mine")
     elif case == "bad_frames":
         args = ["--frames", "0"] + args
+    elif case == "threads":
+        args = ["--threads", "zero"] + args
     before = sorted(os.listdir(tmp_path))
     assert _run(tmp_path, *args) == 2
     err = capsys.readouterr().err
