@@ -75,9 +75,9 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
     Returns `obj`. Patching again only updates the options; `unpatch` restores the original.
 
     backend: "auto" | "reference" | "cpu" | "triton" | "metal" for every patched op.
-    compute_dtype: optional precision for the attention core of memory attention (for example
-    torch.bfloat16 with fp32 weights and activations; output stays fp32); None keeps the input
-    dtype. Its accuracy effect is measured in docs/patch.md.
+    compute_dtype: optional precision of memory attention's matmuls (projections, attention,
+    MLP), e.g. torch.bfloat16 with an fp32 model: LayerNorms, the residual stream and the
+    module's output stay fp32. None keeps the input dtype. Accuracy: docs/patch.md.
     """
     from ._registry import requested
 

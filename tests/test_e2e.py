@@ -30,6 +30,9 @@ pytest.importorskip("sam2")
 pytest.importorskip("transformers.models.edgetam_video")
 
 FRAMES = 10
+# "auto": the best backend built here (the C++ CPU kernels where built, else the reference);
+# EDGETAM_KERNELS_BACKEND forces one.
+BACKEND = "auto"
 LOGIT_ATOL = 1e-3
 LOGIT_REL_L2 = 1e-4
 MASK_AGREEMENT = 0.999
@@ -95,7 +98,8 @@ def track_hf(model, frames, objects) -> Track:
 
 
 def compare(base: Track, patched: Track, n_obj: int, logit_atol=LOGIT_ATOL,
-            logit_rel=LOGIT_REL_L2, ptr_atol=PTR_ATOL, memory_rel=1e-3) -> dict:
+            logit_rel=LOGIT_REL_L2, ptr_atol=PTR_ATOL, memory_rel=1e-3,
+            agreement=MASK_AGREEMENT) -> dict:
     """Assert the module docstring's criteria; return the measured worst cases."""
     assert sorted(base.masks) == sorted(patched.masks) == list(range(FRAMES))
     assert base.masks[0].shape[0] == n_obj
@@ -121,7 +125,7 @@ def compare(base: Track, patched: Track, n_obj: int, logit_atol=LOGIT_ATOL,
     assert worst["memory_rel_l2"] <= memory_rel, worst
     assert worst["logit_abs"] <= logit_atol, worst
     assert worst["logit_rel_l2"] <= logit_rel, worst
-    assert worst["agreement"] >= MASK_AGREEMENT, worst
+    assert worst["agreement"] >= agreement, worst
     assert worst["pointer_abs"] <= ptr_atol, worst
     return worst
 
@@ -151,7 +155,7 @@ def run_case(kind: str, size: int, prompt: str, n_obj: int, compute_dtype=None, 
     track = track_meta if kind == "meta" else track_hf
     with torch.no_grad():
         base = track(m, frames, objects)
-        ek.patch(m, backend="reference", compute_dtype=compute_dtype)
+        ek.patch(m, backend=BACKEND, compute_dtype=compute_dtype)
         try:
             patched = track(m, frames, objects)
         finally:
@@ -159,13 +163,12 @@ def run_case(kind: str, size: int, prompt: str, n_obj: int, compute_dtype=None, 
     return compare(base, patched, n_obj, **tol)
 
 
-# CI: every model sees 1 and 3 objects, point and box prompts, 512 and 1024 inputs; the rest
-# of the full matrix (both models x {point, box, mixed 3 objects} x {512, 1024}) is slow.
+# CI: every model sees 1 and 3 objects, point and box prompts (the 3 objects get a click, a
+# box and a box + click), 512 and 1024 inputs; the rest of the full matrix (both models x
+# {point, box, mixed 3 objects} x {512, 1024}) is slow.
 CI_CASES = [
-    ("meta", 512, "point", 1),
     ("meta", 512, "mixed", 3),
     ("meta", 1024, "box", 1),
-    ("hf", 512, "box", 1),
     ("hf", 512, "mixed", 3),
     ("hf", 1024, "point", 1),
 ]
@@ -189,9 +192,11 @@ def test_tracking_full_matrix(kind, size, prompt, n_obj):
     run_case(kind, size, prompt, n_obj)
 
 
-@pytest.mark.parametrize("kind", ["meta", pytest.param("hf", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["meta", "hf"])
 def test_bf16_memory_attention(kind):
     """compute_dtype=torch.bfloat16 in memory attention (fp32 in and out): the reduced-precision
-    bounds documented in docs/patch.md hold end to end."""
-    run_case(kind, 512, "point", 1, compute_dtype=torch.bfloat16, logit_atol=2e-2,
-             logit_rel=5e-2, ptr_atol=5e-2, memory_rel=5e-2)
+    bounds documented in docs/patch.md hold end to end. (The module-level bf16 bound runs in CI:
+    test_patch.py::test_patch_again_updates_options.)"""
+    run_case(kind, 512, "point", 1, compute_dtype=torch.bfloat16, logit_atol=1e-2,
+             logit_rel=2e-2, ptr_atol=5e-3, memory_rel=1e-2, agreement=0.99)

@@ -67,6 +67,7 @@ def test_memory_attention(grid, frames, ptrs, batch):
     errors["functional ops"] = rel_l2(
         M.functional_memory_attention(meta.state_dict(), inputs, grid), oracle
     )
+    print(f"\nmemory attention grid={grid} frames={frames} ptrs={ptrs} batch={batch}: {errors}")
     bad = {k: v for k, v in errors.items() if not v < TOL}
     assert not bad, f"relative L2 errors over {TOL}: {bad} (all: {errors})"
 
