@@ -191,7 +191,7 @@ void amx_body(void* ctx, int64_t b, int64_t e) {
   }
   _tile_loadconfig(&cfg);
   {
-    Arena ar(AmxScratch::bytes(*job.a, job.p));
+    Arena ar(AmxScratch::bytes(*job.a, job.p), 0);
     AmxScratch s(ar, job.p);
     for (int64_t it = b; it < e; ++it)
       amx_block_attention(*job.a, job.p, it / job.nqb, (it % job.nqb) * job.p.Mb, s);

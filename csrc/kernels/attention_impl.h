@@ -205,7 +205,7 @@ struct AttnJob {
 
 void attn_body(void* ctx, int64_t b, int64_t e) {
   const AttnJob& job = *static_cast<const AttnJob*>(ctx);
-  Arena ar(AttnScratch::bytes(*job.a, job.p));
+  Arena ar(AttnScratch::bytes(*job.a, job.p), 0);
   AttnScratch s(ar, *job.a, job.p);
   for (int64_t it = b; it < e; ++it)
     attn_block(*job.a, job.p, it / job.nqb, (it % job.nqb) * job.p.Mb, s);

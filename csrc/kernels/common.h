@@ -15,15 +15,30 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// Scratch for one thread: one 64-byte aligned block carved into buffers (no STL here, see
-// csrc/isa/README in docs/cpu.md: ISA translation units must not instantiate shared templates).
+// Per-thread scratch blocks, kept between calls: a fresh malloc of a few MB is an mmap whose
+// pages fault in on first touch, every call. Slots let nested users on one thread coexist.
+struct ScratchSlot {
+  char* p = nullptr;
+  int64_t cap = 0;
+  ~ScratchSlot() { std::free(p); }
+};
+inline char* thread_scratch(int slot, int64_t bytes) {
+  static thread_local ScratchSlot slots[4];
+  ScratchSlot& s = slots[slot];
+  if (bytes > s.cap) {
+    std::free(s.p);
+    s.cap = round_up(bytes, 1 << 16);
+    s.p = static_cast<char*>(std::aligned_alloc(64, size_t(s.cap)));
+  }
+  return s.p;
+}
+
+// Scratch carved into 64-byte aligned buffers. No STL here: ISA translation units must not
+// instantiate templates that other translation units share (see docs/cpu.md).
 struct Arena {
   char* base = nullptr;
   int64_t used = 0, cap = 0;
-  explicit Arena(int64_t bytes) : cap(bytes) {
-    base = static_cast<char*>(std::aligned_alloc(64, size_t(round_up(bytes > 0 ? bytes : 64, 64))));
-  }
-  ~Arena() { std::free(base); }
+  Arena(int64_t bytes, int slot) : base(thread_scratch(slot, bytes > 0 ? bytes : 64)), cap(bytes) {}
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
   template <class T>

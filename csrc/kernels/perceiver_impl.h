@@ -178,7 +178,7 @@ void attention_head(const Parallel& par, int64_t L, int64_t N, int64_t dk, int64
   const int64_t Np = padw(N);
   const int64_t block = 8 * V::MR;
   parallel_chunks(par, L, block, [&](int64_t r0, int64_t r1) {
-    Arena ar(arena_bytes<float>(block * Np) + arena_bytes<float>(block));
+    Arena ar(arena_bytes<float>(block * Np) + arena_bytes<float>(block), 1);
     float* s = ar.take<float>(block * Np);
     float* inv = ar.take<float>(block);
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
@@ -202,7 +202,7 @@ void attention(const Parallel& par, int64_t L, int64_t N, int64_t inner, int64_t
     attention_head(par, L, N, dh, dhp, q, ldq, kt, ldk, v, ldv, o, ldo, scale);
     return;
   }
-  Arena ar(arena_bytes<float>(N * dhp) + arena_bytes<float>(L * dhp));
+  Arena ar(arena_bytes<float>(N * dhp) + arena_bytes<float>(L * dhp), 2);
   float* vh = ar.take<float>(N * dhp);
   float* oh = ar.take<float>(L * dhp);
   for (int64_t h = 0; h < heads; ++h) {
@@ -241,6 +241,12 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t b, Per
   const int64_t C = a.C, N = a.H * a.W, Np = padw(N), Cp = padw(C);
   const int64_t L1 = a.lat1 ? a.L1 : 0, L2 = a.lat2 ? a.L2 : 0, L1p = padw(L1);
   const float* x = a.x + b * C * N;
+  // Padding that no writer covers must be zero (the scratch is reused between calls).
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t n = N; n < Np; ++n) t.xnT[c * Np + n] = 0.0f;
+  if (a.pos && L1)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = C; c < Ip; ++c) t.posT[n * Ip + c] = 0.0f;
   const float* pos = a.pos ? a.pos + b * a.pos_bstride : nullptr;
   for (int64_t l = 0; l < L1; ++l)
     for (int64_t c = 0; c < Cp; ++c) t.g[l * Cp + c] = c < C ? a.lat1[l * C + c] : 0.0f;
@@ -386,8 +392,7 @@ void spatial_perceiver(const PerceiverArgs& a, const Parallel& par) {
                            inner * L1p, wsz, wsz, ws * ws, N * Ip};
   int64_t bytes = 0;
   for (int64_t n : sizes) bytes += arena_bytes<float>(max64(n, 1));
-  Arena ar(bytes);
-  std::memset(ar.base, 0, size_t(bytes));  // padding columns stay zero from here on
+  Arena ar(bytes, 0);
   PerceiverBufs t;
   float** slots[] = {&t.xnT, &t.mean, &t.rstd, &t.kt, &t.ktp, &t.v, &t.vp, &t.g, &t.pl,
                      &t.ln, &t.lnT, &t.q, &t.o, &t.h, &t.kts, &t.wa, &t.wb, &t.score, &t.posT};
