@@ -25,7 +25,7 @@ def _sources():
         srcs += ["csrc/isa/x86_avx2.cpp", "csrc/isa/x86_avx512.cpp", "csrc/isa/x86_avx512bf16.cpp",
                  "csrc/isa/x86_amx.cpp"]
     elif machine in ("aarch64", "arm64"):
-        srcs += ["csrc/isa/arm_neon.cpp", "csrc/isa/arm_neon_bf16.cpp"]
+        srcs += ["csrc/isa/arm_neon.cpp", "csrc/isa/arm_neon_fp16.cpp", "csrc/isa/arm_neon_bf16.cpp"]
     return srcs
 
 

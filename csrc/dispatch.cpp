@@ -32,6 +32,7 @@ namespace avx512amx { bool amx_permitted(); }
 #endif
 #if EDGETAM_ARM64
 EDGETAM_DECLARE(neon)
+EDGETAM_DECLARE(neonfp16)
 EDGETAM_DECLARE(neonbf16)
 #endif
 
@@ -56,6 +57,7 @@ Kernels table(int isa) {
 #endif
 #if EDGETAM_ARM64
     case kNeon: k.rope_attention = neon::rope_attention; k.spatial_perceiver = neon::spatial_perceiver; break;
+    case kNeonFp16: k.rope_attention = neonfp16::rope_attention; k.spatial_perceiver = neonfp16::spatial_perceiver; break;
     case kNeonBf16: k.rope_attention = neonbf16::rope_attention; k.spatial_perceiver = neonbf16::spatial_perceiver; break;
 #endif
     default: break;
@@ -98,7 +100,8 @@ bool detect(int isa) {
   }
 #elif EDGETAM_ARM64
   const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
-  const bool fp16 = (hw & (1ul << 9)) && (hw & (1ul << 10));  // HWCAP_FPHP, HWCAP_ASIMDHP
+  const bool fp16 = (hw & (1ul << 9)) && (hw & (1ul << 10)) &&  // HWCAP_FPHP, HWCAP_ASIMDHP
+                    (hw & (1ul << 23));                           // HWCAP_ASIMDFHM (fmlal)
   const bool bf16 = hw2 & (1ul << 14);                          // HWCAP2_BF16
   switch (isa) {
     case kNeon: return true;

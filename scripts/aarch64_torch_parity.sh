@@ -58,7 +58,7 @@ aarch64-linux-gnu-g++ -O3 -std=c++17 -shared -fPIC -fvisibility=hidden \
   -DTORCH_TARGET_VERSION=0x020a000000000000 -DPy_LIMITED_API=0x030a0000 \
   -I"$SITE/torch/include" -I"$PYINC" \
   csrc/register.cpp csrc/dispatch.cpp csrc/isa/scalar.cpp csrc/isa/arm_neon.cpp \
-  csrc/isa/arm_neon_bf16.cpp \
+  csrc/isa/arm_neon_fp16.cpp csrc/isa/arm_neon_bf16.cpp \
   -L"$SITE/torch/lib" -ltorch_cpu -lc10 -Wl,--allow-shlib-undefined \
   -o "$PKG/edgetam_kernels/_C.so"
 

@@ -50,13 +50,15 @@ def test_host_kernels(tmp_path):
 
 
 def test_aarch64_max_neon_bf16(arm_binary):
-    """-cpu max has FEAT_FP16 and FEAT_BF16: best path neon_bf16 (BFDOT)."""
+    """-cpu max has FEAT_FP16, FEAT_FHM and FEAT_BF16: best path neon_bf16 (BFDOT, FMLAL), and
+    neon_fp16 (FMLAL) is tested on its own too."""
     out = run([QEMU, "-cpu", "max", str(arm_binary), "--expect-best", "neon_bf16",
-               "--expect-supported", "scalar,neon,neon_bf16"])
-    assert "attention neon_bf16" in out and "compute bf16" in out and "compute f16" in out
+               "--expect-supported", "scalar,neon,neon_fp16,neon_bf16"])
+    assert "attention neon_bf16" in out and "attention neon_fp16" in out
+    assert "compute bf16" in out and "compute f16" in out
 
 
 def test_aarch64_cortex_a53_fallback(arm_binary):
-    """Cortex-A53 (ARMv8.0): no FP16 / BF16; plain NEON runs every precision (emulated)."""
+    """Cortex-A53 (ARMv8.0): no FP16 / FHM / BF16; plain NEON runs every precision (emulated)."""
     run([QEMU, "-cpu", "cortex-a53", str(arm_binary), "--expect-best", "neon",
          "--expect-supported", "scalar,neon"])

@@ -5,21 +5,32 @@
 #include <cstring>
 #include <arm_neon.h>
 #include "../api.h"
+#ifndef EDGETAM_ISA
+#define EDGETAM_ISA neon
+#endif
 #ifndef EDGETAM_BF16DOT
 #define EDGETAM_BF16DOT 0
-#define EDGETAM_ISA neon
+#endif
+#ifndef EDGETAM_F16DOT
+#define EDGETAM_F16DOT 0
 #endif
 #if EDGETAM_BF16DOT
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("arch=armv8.2-a+fp16+bf16"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("arch=armv8.2-a+fp16+fp16fml+bf16"))), apply_to = function)
 #else
-#pragma GCC target("arch=armv8.2-a+fp16+bf16")
+#pragma GCC target("arch=armv8.2-a+fp16+fp16fml+bf16")
+#endif
+#elif EDGETAM_F16DOT
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("arch=armv8.2-a+fp16+fp16fml"))), apply_to = function)
+#else
+#pragma GCC target("arch=armv8.2-a+fp16+fp16fml")
 #endif
 #endif
 #include "../simd/neon.h"
 #include "../kernels/attention_impl.h"
 #include "../kernels/perceiver_impl.h"
-#if EDGETAM_BF16DOT && defined(__clang__)
+#if (EDGETAM_BF16DOT || EDGETAM_F16DOT) && defined(__clang__)
 #pragma clang attribute pop
 #endif
 #endif

@@ -28,7 +28,8 @@ struct AttnPlan {
   int64_t Mb;      // queries per block
   int64_t ldq;     // Mb rounded up to W: leading dim of Q^T, S^T, P
   int64_t Dvp;     // Dv rounded up to W
-  bool dot;        // native bf16 dot
+  bool dot;        // native reduced-precision dot (pairs)
+  bool f16;        // ... in fp16 (else bf16)
   bool v_direct;   // P V reads v straight from the input
 };
 
@@ -95,7 +96,14 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
     load_row(a.q, a.dtype, (bh * a.Nq + n) * D, D, s.row0);
     rotate_row(s.row0, D, a.q_col_tab, a.q_row_tab, n % a.q_w, n / a.q_w);
     round_row(s.row0, D, in_round);
-    if (dot) {
+    if (dot && p.f16) {  // B operand of fmlal: halves planar within each group of 4 queries
+      uint16_t* h = reinterpret_cast<uint16_t*>(s.qt);
+      const int64_t g = (i / 4) * 8 + i % 4;
+      for (int64_t d = 0; d < D; d += 2) {
+        h[(d / 2) * ldq * 2 + g] = f32_to_f16(s.row0[d]);
+        h[(d / 2) * ldq * 2 + g + 4] = f32_to_f16(s.row0[d + 1]);
+      }
+    } else if (dot) {
       for (int64_t d = 0; d < D; d += 2) qtp[(d / 2) * ldq + i] = pack_pair(s.row0[d], s.row0[d + 1]);
     } else {
       round_row(s.row0, D, cmp);
@@ -125,13 +133,15 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
         }
       }
       if (dot)
-        store_row(row, 1.0f, kBF16, j * D, D, krb);
+        store_row(row, 1.0f, p.f16 ? kF16 : kBF16, j * D, D, krb);
       else
         round_row(row, D, cmp);
     }
     // S^T = K Q^T
-    if (dot)
-      gemm<true>(nk, ldq, kd, s.kr, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+    if (dot && p.f16)
+      gemm<2>(nk, ldq, kd, s.kr, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+    else if (dot)
+      gemm<1>(nk, ldq, kd, s.kr, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     else
       gemm<false>(nk, ldq, kd, s.kr, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     // Online softmax down each column (query).
@@ -164,15 +174,24 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
       const vf z = V::zero();
       for (int64_t jp = 0; jp < kp; ++jp) {
         const bool has2 = 2 * jp + 1 < nk;
-        for (int64_t i0 = 0; i0 < ldq; i0 += W)
-          V::store_pairs(pp + jp * ldq + i0, V::load(s.s + 2 * jp * ldq + i0),
-                         has2 ? V::load(s.s + (2 * jp + 1) * ldq + i0) : z);
+        for (int64_t i0 = 0; i0 < ldq; i0 += W) {
+          const vf lo = V::load(s.s + 2 * jp * ldq + i0);
+          const vf hi = has2 ? V::load(s.s + (2 * jp + 1) * ldq + i0) : z;
+          if (p.f16)
+            V::store_pairs_f16(pp + jp * ldq + i0, lo, hi);
+          else
+            V::store_pairs(pp + jp * ldq + i0, lo, hi);
+        }
         std::memset(s.row0 + Dv, 0, sizeof(float) * size_t(Dvp - Dv));
         std::memset(s.row1, 0, sizeof(float) * size_t(Dvp));
         load_row(a.v, a.dtype, (bh * a.Nk + k0 + 2 * jp) * Dv, Dv, s.row0);
         if (has2) load_row(a.v, a.dtype, (bh * a.Nk + k0 + 2 * jp + 1) * Dv, Dv, s.row1);
-        for (int64_t c = 0; c < Dvp; c += W)
-          V::store_pairs(vp + jp * Dvp + c, V::load(s.row0 + c), V::load(s.row1 + c));
+        for (int64_t c = 0; c < Dvp; c += W) {
+          if (p.f16)
+            V::store_pairs_f16_planar(vp + jp * Dvp + c, V::load(s.row0 + c), V::load(s.row1 + c));
+          else
+            V::store_pairs(vp + jp * Dvp + c, V::load(s.row0 + c), V::load(s.row1 + c));
+        }
       }
       vsrc = s.vb;
     } else if (p.v_direct) {
@@ -188,8 +207,10 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
       vsrc = s.vb;
     }
     // O = alpha * O + P V
-    if (dot)
-      gemm<true>(nq, Dvp, kp, s.pp, 1, ldq, vsrc, ldv, s.o, Dvp, true, s.alpha);
+    if (dot && p.f16)
+      gemm<2>(nq, Dvp, kp, s.pp, 1, ldq, vsrc, ldv, s.o, Dvp, true, s.alpha);
+    else if (dot)
+      gemm<1>(nq, Dvp, kp, s.pp, 1, ldq, vsrc, ldv, s.o, Dvp, true, s.alpha);
     else
       gemm<false>(nq, Dvp, kp, s.s, 1, ldq, vsrc, ldv, s.o, Dvp, true, s.alpha);
   }
@@ -218,7 +239,8 @@ void EDGETAM_ATTN_ENTRY(const RopeAttnArgs& a, const Parallel& par) {
   AttnJob job;
   job.a = &a;
   AttnPlan& p = job.p;
-  p.dot = V::kBf16Dot && a.compute == kComputeBF16;
+  p.f16 = V::kF16Dot && a.compute == kComputeF16;
+  p.dot = (V::kBf16Dot && a.compute == kComputeBF16) || p.f16;
   // Enough blocks for every thread, but no block narrower than one micro-tile strip.
   int64_t Mb = 128;
   const int64_t bh = a.B * a.H;

@@ -133,11 +133,12 @@ inline void scale_row(float* x, int64_t n, float mul) {
 // ------------------------------------------------------------------------------------------
 // Micro-kernel: C[mr x nr*W] (+)= A[mr x K] * B[K x nr*W], A read by broadcast at
 // A[i*sai + k*sak] (so A may be stored transposed), B rows of ldb floats. With kDot the
-// elements are 32-bit bf16 pairs and each step is a native 2-way bf16 dot (vdpbf16ps / bfdot).
+// elements are 32-bit bf16 (fp16) pairs and each step is a native 2-way dot (vdpbf16ps / bfdot;
+// fmlal + fmlal2 for fp16, whose B operand holds each 4-column group's halves planar).
 // With `acc`, C is loaded first and, when `rs` is given, row i scaled by rs[i] (the online
 // softmax rescale folded into the load).
 // ------------------------------------------------------------------------------------------
-template <bool kDot, int mr, int nr>
+template <int kDot, int mr, int nr>
 void micro(int64_t K, const float* A, int64_t sai, int64_t sak, const float* B, int64_t ldb,
            float* C, int64_t ldc, bool acc, const float* rs) {
   constexpr int W = V::W;
@@ -161,7 +162,9 @@ void micro(int64_t K, const float* A, int64_t sai, int64_t sak, const float* B, 
       typename V::f av = V::bcast(a + i * sai);
 #pragma GCC unroll 8
       for (int j = 0; j < nr; ++j) {
-        if constexpr (kDot)
+        if constexpr (kDot == 2)
+          c[i][j] = V::dot_f16(c[i][j], av, b[j]);
+        else if constexpr (kDot == 1)
           c[i][j] = V::dot_bf16(c[i][j], av, b[j]);
         else
           c[i][j] = V::fma(av, b[j], c[i][j]);
@@ -177,7 +180,7 @@ void micro(int64_t K, const float* A, int64_t sai, int64_t sak, const float* B, 
 using MicroFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*,
                          int64_t, bool, const float*);
 
-template <bool kDot, int mr, int nr = V::NR>
+template <int kDot, int mr, int nr = V::NR>
 MicroFn pick_nr(int64_t n) {
   if constexpr (nr == 1) {
     return &micro<kDot, mr, 1>;
@@ -185,7 +188,7 @@ MicroFn pick_nr(int64_t n) {
     return n >= nr ? &micro<kDot, mr, nr> : pick_nr<kDot, mr, nr - 1>(n);
   }
 }
-template <bool kDot, int mr = V::MR>
+template <int kDot, int mr = V::MR>
 MicroFn pick(int64_t m, int64_t n) {
   if constexpr (mr == 1) {
     return pick_nr<kDot, 1>(n);
@@ -197,7 +200,8 @@ MicroFn pick(int64_t m, int64_t n) {
 // C[M x N] (+)= A[M x K] B[K x N]; N a multiple of W. Column strips outer so a strip of B
 // stays in cache while every row block of A streams past it.
 // kc > 0 splits K into chunks so a chunk of B stays in L1 while all row blocks of A use it.
-template <bool kDot>
+// kDot: 0 fp32 FMA, 1 bf16 pairs (V::dot_bf16), 2 fp16 pairs (V::dot_f16).
+template <int kDot>
 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t sai, int64_t sak,
           const float* B, int64_t ldb, float* C, int64_t ldc, bool acc, const float* rs,
           int64_t kc = 0) {

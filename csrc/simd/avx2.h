@@ -11,6 +11,11 @@ struct V {
   static constexpr int W = 8;
   static constexpr int MR = 6;  // 6 x 2 accumulators + 2 B vectors + 1 broadcast: 15 of 16
   static constexpr int NR = 2;
+  static constexpr bool kF16Dot = false;
+  // fp16 pair operands exist only on paths with a native fp16 dot (kF16Dot); never called here.
+  static void store_pairs_f16(uint32_t* p, f lo, f hi) { store_pairs(p, lo, hi); }
+  static void store_pairs_f16_planar(uint32_t* p, f lo, f hi) { store_pairs(p, lo, hi); }
+  static f dot_f16(f acc, f a, f b) { return dot_bf16(acc, a, b); }
   static constexpr bool kBf16Dot = false;
 
   static f zero() { return _mm256_setzero_ps(); }

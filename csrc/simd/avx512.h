@@ -11,6 +11,11 @@ struct V {
   static constexpr int W = 16;
   static constexpr int MR = 6;  // 6 x 4 accumulators + 4 B vectors: 28 of 32 registers
   static constexpr int NR = 4;
+  static constexpr bool kF16Dot = false;
+  // fp16 pair operands exist only on paths with a native fp16 dot (kF16Dot); never called here.
+  static void store_pairs_f16(uint32_t* p, f lo, f hi) { store_pairs(p, lo, hi); }
+  static void store_pairs_f16_planar(uint32_t* p, f lo, f hi) { store_pairs(p, lo, hi); }
+  static f dot_f16(f acc, f a, f b) { return dot_bf16(acc, a, b); }
   static constexpr bool kBf16Dot = EDGETAM_BF16DOT;
 
   static f zero() { return _mm512_setzero_ps(); }

@@ -12,6 +12,7 @@ struct V {
   static constexpr int MR = 6;  // 6 x 4 accumulators + 4 B vectors + 1 broadcast: 29 of 32
   static constexpr int NR = 4;
   static constexpr bool kBf16Dot = EDGETAM_BF16DOT;
+  static constexpr bool kF16Dot = EDGETAM_F16DOT;
 
   static f zero() { return vdupq_n_f32(0.0f); }
   static f set1(float x) { return vdupq_n_f32(x); }
@@ -58,6 +59,28 @@ struct V {
   static f round_f16(f x) { return vcvt_f32_f16(vcvt_f16_f32(x)); }
   static void store_pairs(uint32_t* p, f lo, f hi) {
     vst1q_u32(p, vorrq_u32(bf16_bits(lo), vshlq_n_u32(bf16_bits(hi), 16)));
+  }
+  // fp16 pairs, interleaved (lo, hi) per word: the broadcast A operand.
+  static void store_pairs_f16(uint32_t* p, f lo, f hi) {
+    const float16x4_t l = vcvt_f16_f32(lo), h = vcvt_f16_f32(hi);
+    vst1q_u16(reinterpret_cast<uint16_t*>(p),
+              vreinterpretq_u16_f16(vcombine_f16(vzip1_f16(l, h), vzip2_f16(l, h))));
+  }
+  // fp16 pairs, planar per group of 4 columns (4 lo halves, then 4 hi): the B operand of fmlal.
+  static void store_pairs_f16_planar(uint32_t* p, f lo, f hi) {
+    vst1q_u16(reinterpret_cast<uint16_t*>(p),
+              vreinterpretq_u16_f16(vcombine_f16(vcvt_f16_f32(lo), vcvt_f16_f32(hi))));
+  }
+  // acc[c] += a.lo * b.lo[c] + a.hi * b.hi[c]: fp16 products accumulated in fp32 (FEAT_FHM).
+  static f dot_f16(f acc, f a, f b) {
+#if EDGETAM_F16DOT
+    const float16x8_t bh = vreinterpretq_f16_f32(b);
+    const float16x4_t ah = vget_low_f16(vreinterpretq_f16_f32(a));
+    acc = vfmlalq_lane_low_f16(acc, bh, ah, 0);
+    return vfmlalq_lane_high_f16(acc, bh, ah, 1);
+#else
+    return dot_bf16(acc, a, b);  // never called without kF16Dot
+#endif
   }
   static f dot_bf16(f acc, f a, f b) {
 #if EDGETAM_BF16DOT

@@ -9,6 +9,11 @@ struct V {
   static constexpr int W = 1;   // lanes
   static constexpr int MR = 4;  // micro-tile rows
   static constexpr int NR = 4;  // micro-tile column vectors
+  static constexpr bool kF16Dot = false;
+  // fp16 pair operands exist only on paths with a native fp16 dot (kF16Dot); never called here.
+  static void store_pairs_f16(uint32_t* p, f lo, f hi) { store_pairs(p, lo, hi); }
+  static void store_pairs_f16_planar(uint32_t* p, f lo, f hi) { store_pairs(p, lo, hi); }
+  static f dot_f16(f acc, f a, f b) { return dot_bf16(acc, a, b); }
   static constexpr bool kBf16Dot = false;
   static constexpr const char* kName = "scalar";
 

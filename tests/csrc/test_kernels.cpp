@@ -237,6 +237,7 @@ int main(int argc, char** argv) {
       test_attention(isa, c, kF32, kComputeBF16);
       test_attention(isa, c, kBF16, kComputeBF16);
       test_attention(isa, c, kF16, kComputeF16);
+      test_attention(isa, c, kF32, kComputeF16);
     }
     for (int64_t heads : {1, 3}) {
       char what[120];
