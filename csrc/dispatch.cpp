@@ -8,8 +8,11 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #define EDGETAM_X86 1
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
+#define EDGETAM_ARM64 1
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #define EDGETAM_ARM64 1
 #endif
 
@@ -99,10 +102,20 @@ bool detect(int isa) {
     default: return false;
   }
 #elif EDGETAM_ARM64
+#if defined(__APPLE__)
+  auto flag = [](const char* name) {
+    int v = 0;
+    size_t n = sizeof v;
+    return sysctlbyname(name, &v, &n, nullptr, 0) == 0 && v != 0;
+  };
+  const bool fp16 = flag("hw.optional.arm.FEAT_FP16") && flag("hw.optional.arm.FEAT_FHM");
+  const bool bf16 = flag("hw.optional.arm.FEAT_BF16");
+#else
   const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
   const bool fp16 = (hw & (1ul << 9)) && (hw & (1ul << 10)) &&  // HWCAP_FPHP, HWCAP_ASIMDHP
                     (hw & (1ul << 23));                           // HWCAP_ASIMDFHM (fmlal)
   const bool bf16 = hw2 & (1ul << 14);                          // HWCAP2_BF16
+#endif
   switch (isa) {
     case kNeon: return true;
     case kNeonFp16: return fp16;
