@@ -34,6 +34,7 @@ mkdir -p "$DIR/debs" "$DIR/sysroot"
   cd "$DIR/debs"
   pkgs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
            --no-replaces --no-enhances --no-pre-depends python3.11:arm64 libgomp1:arm64 libstdc++6:arm64 \
+           libpython3.11-dev:arm64 \
          | grep -E '^[a-z0-9].*:arm64$' | sort -u)
   apt-get download -qq $pkgs
 )
