@@ -17,7 +17,7 @@ DIST=${DIST:-$ROOT/dist}
 WORK=${WORK:-$ROOT/build/wheels}
 PY=${PYTHON:-python3}
 A64=${A64_ENV:-/opt/edgetam-aarch64}
-WHEEL_TESTS=(test_ops.py test_bad_input.py test_cpu_attention.py)
+WHEEL_TESTS=(test_ops.py test_bad_input.py test_cpu_attention.py test_cpu_perceiver.py)
 mkdir -p "$DIST" "$WORK"
 
 tools() {

@@ -4,6 +4,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
+# System packages: a C++ compiler (the CPU extension, the Metal emulator and its ThreadSanitizer
+# build) and, for the aarch64 tests, a cross compiler and qemu-user.
+APT_PKGS=(g++ g++-aarch64-linux-gnu qemu-user-static unzip)
+if command -v apt-get >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  missing=()
+  for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+else
+  echo "setup.sh: no apt-get; install a C++ compiler yourself (aarch64 tests will skip)" >&2
+fi
+
 # torch first, pinned: anything that merely depends on torch would otherwise pull a CUDA build.
 $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q triton==3.7.1 numpy tqdm ninja pytest pytest-benchmark expecttest hypothesis
