@@ -101,17 +101,17 @@ build_aarch64() {
   aarch64-linux-gnu-g++ -shared -o "$so" "${objs[@]}" -L"$site_torch/lib" -ltorch_cpu -lc10 \
     -Wl,-rpath-link,"$site_torch/lib" -Wl,-rpath-link,"$A64/sysroot/lib/aarch64-linux-gnu" \
     -Wl,-rpath-link,"$A64/sysroot/usr/lib/aarch64-linux-gnu"
-  # Reuse the x86-64 wheel's pure-Python content; swap in the aarch64 extension and retag.
-  local x86 unpacked
-  x86=$(ls -t "$DIST"/edgetam_kernels-*x86_64.whl 2>/dev/null | head -1)
-  [ -n "$x86" ] || { build_x86_64; x86=$(ls -t "$DIST"/edgetam_kernels-*x86_64.whl | head -1); }
-  rm -rf "$out/unpacked" && mkdir -p "$out/unpacked"
-  $PY -m wheel unpack -d "$out/unpacked" "$x86"
+  # The pure-Python part comes from a wheel of the current tree built without the extension;
+  # the aarch64 extension goes in and the wheel is retagged as a platform (abi3) wheel.
+  local pure unpacked
+  rm -rf "$out/pure" "$out/unpacked" && mkdir -p "$out/pure" "$out/unpacked"
+  EDGETAM_KERNELS_NO_EXT=1 $PY -m pip wheel . --no-build-isolation --no-deps -w "$out/pure"
+  pure=$(ls "$out"/pure/edgetam_kernels-*.whl)
+  $PY -m wheel unpack -d "$out/unpacked" "$pure"
   unpacked=$(ls -d "$out"/unpacked/edgetam_kernels-*)
-  rm -f "$unpacked"/edgetam_kernels/_C*.so
-  rm -rf "$unpacked"/edgetam_kernels.libs
   cp "$so" "$unpacked/edgetam_kernels/_C.so"
-  sed -i -E 's/^Tag: .*/Tag: cp310-abi3-linux_aarch64/' "$unpacked"/*.dist-info/WHEEL
+  sed -i -E -e 's/^Tag: .*/Tag: cp310-abi3-linux_aarch64/' \
+            -e 's/^Root-Is-Purelib: .*/Root-Is-Purelib: false/' "$unpacked"/*.dist-info/WHEEL
   mkdir -p "$out/raw" && rm -f "$out"/raw/*.whl
   $PY -m wheel pack -d "$out/raw" "$unpacked"
   auditwheel repair --exclude 'libtorch*.so' --exclude 'libc10*.so' -w "$DIST" "$out"/raw/*.whl
