@@ -192,6 +192,7 @@ class RoPEAttention(nn.Module):
         q, k, v = self._split(self.q_proj(q)), self._split(self.k_proj(k)), self._split(self.v_proj(v))
         out = ek.rope_attention(q, k, v, q_grid=q_grid, k_grid=k_grid, k_repeat=k_repeat,
                                 num_k_exclude_rope=num_k_exclude_rope, theta=self.theta,
+                                compute_dtype=getattr(self, "compute_dtype", None),
                                 backend=self.backend)
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))

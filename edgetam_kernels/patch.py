@@ -42,6 +42,7 @@ def _class_key(m: nn.Module) -> str:
 def _load_adapters() -> None:
     from . import _adapters_sam2  # noqa: F401
     from . import _adapters_hf  # noqa: F401
+    from . import _adapters_edgetam  # noqa: F401
 
 
 def is_patched(m: nn.Module) -> bool:
