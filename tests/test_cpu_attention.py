@@ -79,14 +79,16 @@ def check_all_written(out, ref, tol):
     assert worst <= 40 * tol * ref.abs().amax().item(), f"max abs error {worst:.3e}"
 
 
+# Every ISA x dtype x shape, except the reduced-precision 32x32 self-attention on the scalar
+# path: the other paths cover that shape and scalar covers the others (keeps the run short).
+MATRIX = [(isa, dt, case) for isa in ISAS for dt in DTYPES for case in CASES
+          if not (isa == "scalar" and dt != "fp32" and case == "self_32x32")]
+
+
 @needs_ext
-@pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("dt", list(DTYPES))
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("isa,dt,case", MATRIX)
 def test_matches_reference(isa, dt, case):
     dtype, compute = DTYPES[dt]
-    if dt != "fp32" and case == "self_32x32" and isa == "scalar":
-        pytest.skip("covered by the other paths; keeps the scalar run short")
     b, h, qg, d, frames, kg, lead, n_ptr, dv = CASES[case]
     args = make(b, h, qg, d, frames, kg, lead, n_ptr, dv, dtype)
     ref = reference64(args)
