@@ -32,6 +32,16 @@ stage_tests() {
   [ -d tests/csrc ] && cp -r tests/csrc "$dst/" || true
 }
 
+# Retag to manylinux without bundling torch (a dependency, never vendored), then check that
+# the extension uses Python's limited API only. Prints the repaired wheel's path last.
+repair_and_audit() {
+  local raw=$1 arch=$2 whl
+  auditwheel repair --exclude 'libtorch*.so' --exclude 'libc10*.so' -w "$DIST" "$raw"
+  whl=$(ls -t "$DIST"/edgetam_kernels-*"$arch".whl | head -1)
+  abi3audit --strict --report "$whl"
+  echo "built $whl"
+}
+
 build_x86_64() {
   tools
   rm -rf "$WORK/raw" && mkdir -p "$WORK/raw"
@@ -42,12 +52,7 @@ build_x86_64() {
   listing=$(unzip -Z1 "$raw")
   [[ "$listing" == *edgetam_kernels/_C*.so* ]] \
     || { echo "error: $raw holds no compiled extension (did the C++ build fail?)" >&2; exit 1; }
-  # torch is a dependency, never bundled.
-  auditwheel repair --exclude 'libtorch*.so' --exclude 'libc10*.so' -w "$DIST" "$raw"
-  local whl
-  whl=$(ls -t "$DIST"/edgetam_kernels-*x86_64.whl | head -1)
-  abi3audit --strict --report "$whl"
-  echo "built $whl"
+  repair_and_audit "$raw" x86_64
 }
 
 test_x86_64() {
@@ -114,11 +119,7 @@ build_aarch64() {
             -e 's/^Root-Is-Purelib: .*/Root-Is-Purelib: false/' "$unpacked"/*.dist-info/WHEEL
   mkdir -p "$out/raw" && rm -f "$out"/raw/*.whl
   $PY -m wheel pack -d "$out/raw" "$unpacked"
-  auditwheel repair --exclude 'libtorch*.so' --exclude 'libc10*.so' -w "$DIST" "$out"/raw/*.whl
-  local whl
-  whl=$(ls -t "$DIST"/edgetam_kernels-*aarch64.whl | head -1)
-  abi3audit --strict --report "$whl"
-  echo "built $whl"
+  repair_and_audit "$(ls "$out"/raw/edgetam_kernels-*.whl)" aarch64
 }
 
 test_aarch64() {
