@@ -320,3 +320,54 @@ def spatial_perceiver(
         x, pos, latents_1d, latents_2d, list(weights), norm_w, norm_b, int(depth), int(heads),
         bool(use_self_attn), float(eps), backend,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Autocast: mixed-precision regions (torch.autocast) run the ops in the region's dtype
+# ---------------------------------------------------------------------------------------------
+# Without a rule, autocast hands an op whatever dtypes its producers left (bf16 activations from
+# autocast's linears beside fp32 LayerNorm weights) and the dtype checks reject the mix. The rule
+# is the one torch applies to its own attention and linear ops: floating inputs of the region's
+# device are cast to the region's dtype (read at call time, so fp16 and bf16 regions both work),
+# the op runs with autocast off, and the result has that dtype. The kernels still accumulate,
+# normalise and take softmax in fp32.
+
+
+def _cast_for_autocast(value, device_type: str, dtype: torch.dtype):
+    if isinstance(value, Tensor):
+        if value.is_floating_point() and value.device.type == device_type and \
+                value.dtype != torch.float64:
+            return value.to(dtype)
+        return value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_for_autocast(v, device_type, dtype) for v in value)
+    return value
+
+
+def _autocast_kernel(op, device_type: str, dispatch_key):
+    def kernel(_keyset, *args):
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(dispatch_key)):
+            return op(*_cast_for_autocast(args, device_type, dtype))
+
+    return kernel
+
+
+_AUTOCAST_LIB = torch.library.Library("edgetam", "IMPL")  # lives as long as the module
+
+
+def _register_autocast() -> None:
+    ops = {"rope_attention": torch.ops.edgetam.rope_attention.default,
+           "perceiver_attention": torch.ops.edgetam.perceiver_attention.default,
+           "spatial_perceiver": torch.ops.edgetam.spatial_perceiver.default}
+    for device_type in ("cpu", "cuda", "mps"):
+        if not torch.amp.is_autocast_available(device_type):
+            continue
+        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        for name, op in ops.items():
+            _AUTOCAST_LIB.impl(name, _autocast_kernel(op, device_type,
+                                                      getattr(torch._C.DispatchKey, key)),
+                               key, with_keyset=True)
+
+
+_register_autocast()
