@@ -472,12 +472,19 @@ def sanitizer():
 # ---------------------------------------------------------------------------------------------
 
 
-def write_report():
+_BASE = []
+
+
+def write_report(quiet=False):
+    """(Re)written after every section, so a run cut short by a time limit still leaves one."""
     env = REPORT["env"]
-    slug = "".join(ch if ch.isalnum() else "_" for ch in env.get("gpu", "gpu"))[:40].strip("_")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    os.makedirs(ARGS.out, exist_ok=True)
-    base = os.path.join(ARGS.out, f"triton_{'dryrun_' if ARGS.cpu_dry_run else ''}{slug}_{stamp}")
+    if not _BASE:
+        slug = "".join(ch if ch.isalnum() else "_" for ch in env.get("gpu", "gpu"))[:40].strip("_")
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        os.makedirs(ARGS.out, exist_ok=True)
+        _BASE.append(os.path.join(
+            ARGS.out, f"triton_{'dryrun_' if ARGS.cpu_dry_run else ''}{slug}_{stamp}"))
+    base = _BASE[0]
     with open(base + ".json", "w") as f:
         json.dump(REPORT, f, indent=1, default=str)
     md = [f"# Triton backend on {env.get('gpu')}", "",
@@ -520,7 +527,8 @@ def write_report():
            f"errors: {[e['section'] + ': ' + e['error'] for e in REPORT['errors']]}", ""]
     with open(base + ".md", "w") as f:
         f.write("\n".join(md))
-    print(f"wrote {base}.json and .md", flush=True)
+    if not quiet:
+        print(f"wrote {base}.json and .md", flush=True)
 
 
 def main():
@@ -532,13 +540,12 @@ def main():
         return 2
     REPORT["env"] = environment()
     print(json.dumps(REPORT["env"], default=str), flush=True)
-    parity()
-    graphs_and_compile()
-    ceilings()
-    bench_rope()
-    bench_perceiver()
+    steps = [ceilings, parity, bench_rope, bench_perceiver, graphs_and_compile]
     if not ARGS.skip_sanitizer:
-        sanitizer()
+        steps.append(sanitizer)
+    for step in steps:
+        step()
+        write_report(quiet=True)
     write_report()
     bad = [r for r in REPORT.get("parity", []) if not r["ok"]]
     return 1 if (bad or REPORT["errors"]) else 0
