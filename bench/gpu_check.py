@@ -318,14 +318,15 @@ def bench_rope():
                                                                       **kw))
             key = [c for kk, c in tr._TUNED.items() if kk[2] == q.shape[2] and kk[3] == k.shape[2]
                    and kk[6] == dtype]
-            # The same tiles with the other key-rotation strategy (pre-pass vs on load).
-            cfg = key[0] if key else tr.default_config(1, q.shape[2], k.shape[2], q.shape[3],
-                                                       v.shape[3], q.device)
-            alt = dict(cfg, PRE_ROT=not cfg.get("PRE_ROT", False))
-            alt_name = "triton_rope_" + ("prerotated_k" if alt["PRE_ROT"] else "k_rotated_on_load")
-            times[alt_name] = bench_ms(lambda: tr.rope_attention(
-                q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"], kw["num_k_exclude_rope"],
-                10000.0, None, None, config=alt))
+            # Both strategies side by side: the fused kernel (first tile of the candidate set,
+            # keys pre-rotated) and rotate-then-SDPA; whichever the tuner picked is triton_rope.
+            fused = next(c for c in tr.candidate_configs(1, q.shape[2], k.shape[2], q.shape[3],
+                                                         v.shape[3], q.device) if "BLOCK_M" in c)
+            for name, cfg in (("triton_fused_kernel", fused),
+                              ("triton_rotate_then_sdpa", dict(SDPA=True))):
+                times[name] = bench_ms(lambda: tr.rope_attention(
+                    q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                    kw["num_k_exclude_rope"], 10000.0, None, None, config=cfg))
             for name, backend in sdpa_backends().items():
                 if budget_left() < 60 and name == "sdpa_math":
                     continue

@@ -88,6 +88,8 @@ def _gpu_configs(d, esize):
 
     seen, out = set(), []
     for c in candidate_configs(1, 4096, 3648, d, d, torch.device("cpu"), esize):
+        if c.get("SDPA"):
+            continue  # the rotate-then-SDPA strategy: its own tests below
         key = (c["BLOCK_M"], c["BLOCK_N"], c["PRE_ROT"], c["SPLITS"] > 1)
         if key not in seen and c["SPLITS"] <= 2:
             seen.add(key)
@@ -165,6 +167,54 @@ def test_every_output_element_written(monkeypatch):
         assert not torch.isnan(out).any()
         ref = ref64(q, k, v, kw)
         assert torch.allclose(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rotate-then-SDPA strategy (config SDPA=True): q and k rotated by the pre-pass, torch SDPA
+# ---------------------------------------------------------------------------------------------
+
+SDPA = dict(SDPA=True)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[7] == c[8] and c[7] % 8 == 0],
+                         ids=lambda c: "q{}x{}k{}x{}f{}p{}d{}".format(*c[2], *c[3], *c[4:8]))
+def test_sdpa_strategy_matches_reference(case):
+    b, h, qg, kg, frames, front, ptr, d, dv = case
+    q, k, v, kw = make(b, h, qg, kg, frames, front, ptr, d, dv)
+    out = _kernel()(q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                    kw["num_k_exclude_rope"], 10000.0, None, None, config=SDPA)
+    assert_close(out, ref64(q, k, v, kw), torch.float32, str(case))
+    # a strategy that forgot to rotate q (or k) would be far outside the budget
+    plain = torch.nn.functional.scaled_dot_product_attention(*to64((q, k, v)))
+    assert rel_l2(out, plain) > 100 * TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("dtype,cdt", [(torch.bfloat16, None), (torch.float16, None),
+                                       (torch.float32, torch.bfloat16),
+                                       (torch.bfloat16, torch.float32)])
+def test_sdpa_strategy_dtypes_scale_and_strides(dtype, cdt):
+    q, k, v, kw = make(2, 2, (5, 7), (2, 2), 3, 2, 5, 32, dtype=dtype)
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # (B, N, H, D) storage
+    out = torch.full(q.shape, float("nan"), device=DEV, dtype=dtype)
+    _kernel()(q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"], kw["num_k_exclude_rope"],
+              100.0, 0.3, cdt, config=SDPA, out=out)
+    ref = reference.rope_attention(*to64((q, k, v)), kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                                   kw["num_k_exclude_rope"], 100.0, 0.3, None)
+    assert out.dtype == dtype and not torch.isnan(out).any()
+    worst = dtype if cdt is None or torch.finfo(cdt).bits >= torch.finfo(dtype).bits else cdt
+    assert_close(out, ref, worst, f"{dtype} compute {cdt}")
+
+
+def test_sdpa_strategy_is_a_candidate_only_where_flash_applies():
+    from edgetam_kernels.triton.rope_attention import candidate_configs, sdpa_candidate
+
+    assert sdpa_candidate(256, 256, 2) and sdpa_candidate(64, 64, 2)
+    assert not sdpa_candidate(256, 256, 4)      # fp32 compute: the fused kernel
+    assert not sdpa_candidate(20, 20, 2)        # head dim flash cannot take
+    assert not sdpa_candidate(64, 40, 2)        # Dv != D
+    cands = candidate_configs(1, 4096, 3648, 256, 256, torch.device("cpu"), 2)
+    assert cands[0] == SDPA and all("BLOCK_M" in c for c in cands[1:])
+    assert SDPA not in candidate_configs(1, 4096, 3648, 256, 256, torch.device("cpu"), 4)
 
 
 def test_scale_and_theta():

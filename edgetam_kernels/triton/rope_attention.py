@@ -266,6 +266,8 @@ def default_config(bh: int, n_q: int, n_k: int, d: int, dv: int, device,
         bn = 32
         return dict(BLOCK_M=32, BLOCK_N=bn, SPLITS=min(2, triton.cdiv(n_k, bn)),
                     PRE_ROT=n_q >= 64, num_warps=4, num_stages=1)
+    if sdpa_candidate(d, dv, esize):
+        return dict(SDPA=True)
     bm, bn, warps, stages = candidate_tiles(d, dv, esize)[0]
     tiles = triton.cdiv(n_q, bm) * bh
     k_blocks = triton.cdiv(n_k, bn)
@@ -298,10 +300,17 @@ def candidate_tiles(d: int, dv: int, esize: int = 2):
     return [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 2)]
 
 
+def sdpa_candidate(d: int, dv: int, esize: int) -> bool:
+    """Rotate-then-SDPA is a candidate where torch has a flash kernel: 16-bit compute, head
+    dims up to 256 (H200, 4096 x 4096 x 256 bf16, bench/results/triton_h200.md: SDPA flash
+    0.070 ms against 0.166 ms for the fused kernel; the two rotation passes move ~8 MB)."""
+    return esize == 2 and d == dv and d % 8 == 0 and d <= 256
+
+
 def candidate_configs(bh, n_q, n_k, d, dv, device, esize: int = 2):
     """The small autotune set: tiles that suit head dims 64 and 256 (EdgeTAM's perceiver and
     memory attention) crossed with 1-4 key splits (splits need no recompilation)."""
-    out = []
+    out = [dict(SDPA=True)] if sdpa_candidate(d, dv, esize) else []
     tiles = candidate_tiles(d, dv, esize)
     for i, (bm, bn, warps, stages) in enumerate(tiles):
         k_blocks = triton.cdiv(n_k, bn)
@@ -324,7 +333,39 @@ def _autotune_enabled(device) -> bool:
     return os.environ.get(AUTOTUNE_ENV, "1") != "0"
 
 
-def _launch(q, k, v, out, tab, geo, qk_scale, cdt, cfg):
+def _rotate(x, tab, n, w, frame, n_front, n_rope, cdt):
+    """[even | odd] halves of rope(x) in the compute dtype, (B*H, N, D): one _rope_keys launch.
+    Queries use it with frame = n_rope = N and no front tokens (every token on the q grid)."""
+    b, h, _, d = x.shape
+    xr = torch.empty((b * h, n, d), device=x.device, dtype=cdt)
+    bn = 64
+    _rope_keys[(triton.cdiv(n, bn), b * h)](
+        x, xr, tab, *x.stride(), h, n, d, w, frame, n_front, n_rope, tab.stride(1),
+        tab.stride(0), CDT=TL_DTYPE[cdt], BLOCK_N=bn, BLOCK_DH=_blocks(d, d)[0],
+        INTERP=interpreting(), num_warps=4,
+    )
+    return xr
+
+
+def _launch_sdpa(q, k, v, out, tab, geo, scale, cdt):
+    """Rotate q and k once (two memory-bound launches), then torch's SDPA (flash attention on
+    the GPU for fp16 / bf16). q and k both come out with their head dims permuted to
+    [even | odd]; a dot product does not see a permutation applied to both sides, so SDPA's
+    result is the rotated attention itself."""
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    qr = _rotate(q, tab, n_q, geo["q_w"], n_q, 0, n_q, cdt).view(b, h, n_q, d)
+    kr = _rotate(k, tab, n_k, geo["k_w"], geo["frame"], geo["n_front"], geo["n_rope"],
+                 cdt).view(b, h, n_k, d)
+    res = torch.nn.functional.scaled_dot_product_attention(qr, kr, v.to(cdt), scale=scale)
+    out.copy_(res)
+
+
+def _launch(q, k, v, out, tab, geo, scale, cdt, cfg):
+    if cfg.get("SDPA", False):
+        _launch_sdpa(q, k, v, out, tab, geo, scale, cdt)
+        return
+    qk_scale = float(scale) * LOG2E  # exp2 in the kernel
     b, h, n_q, d = q.shape
     n_k, dv = k.shape[2], v.shape[3]
     bdh, bdv = _blocks(d, dv)
@@ -409,10 +450,9 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
     tab = rope_table(side, d, theta, q.device)
     if out is None:
         out = torch.empty((b, h, n_q, dv), device=q.device, dtype=q.dtype)
-    qk_scale = float(scale) * LOG2E
 
     def run(cfg):
-        _launch(q, k, v, out, tab, geo, qk_scale, cdt, cfg)
+        _launch(q, k, v, out, tab, geo, float(scale), cdt, cfg)
 
     if config is None:
         esize = torch.finfo(cdt).bits // 8
