@@ -43,6 +43,12 @@ CASES = {
     "global_only_no_self_attn": dict(c=32, h=10, l1=9, l2=0, inner=32, hidden=48, sa=False,
                                      pos="shared", depth=3),
     "edgetam_32x32": dict(h=32),
+    # several token chunks (the global attention's partial results are merged), the last one
+    # short, and 70 global latents (a partial query block)
+    "global_only_two_chunks": dict(b=2, c=16, h=20, l1=70, l2=0, inner=16, hidden=24),
+    # 2 x 10 token window rows (not a multiple of any vector width); 21 global latents, so a
+    # vector of global columns reaches into the patch columns
+    "windows_2x2_on_10x10": dict(c=24, h=10, l1=21, l2=25, inner=24, hidden=40, heads=2),
 }
 
 

@@ -1,381 +1,207 @@
 // EdgeTAM's 2D spatial perceiver in one call, written once against the SIMD vocabulary `V`.
 //
+// Everything is channel-major (perceiver_ops.h): memory tokens as (C, N) columns, exactly the
+// layout x arrives in, and both latent groups as one (C, L1 + L2) block, global latents first.
 // Per batch element and layer:
-//   LN_x(x) is computed straight from the (C, H*W) channel-major input (statistics vectorized
-//   across tokens), then K^T = Wk LN_x(x)^T and V = LN_x(x) Wv^T once, shared by both groups;
-//   global latents attend over all tokens with pos added to K^T and V; each patch latent reads
-//   its window's columns of K^T and rows of V by token index (no window-partition copy).
-//   Residual adds are fused into the output projections (the matmul accumulates into the
-//   latents). A patch latent's self-attention has a single key, so softmax is 1 and it reduces
-//   to Wout Wv LN(latent): Q and K are never computed for it.
+//   latents: Q^T = Wq LN(lat)^T for both groups at once (same weights);
+//   tokens, one chunk per work item (a window row when there are patch latents), all in cache:
+//     LN_x, [K^T; V^T] = Wkv LN_x^T, the window attention of the chunk's patch latents, + pos,
+//     then the global latents' attention over the chunk's keys as a partial result (running
+//     max, sum, unnormalized output), so keys and values are never written to memory;
+//   per latent column: merge the global partials, lat += Wout O^T, then the feed-forward,
+//     residuals fused into the GEMMs;
+//   latent self-attention: global latents attend to each other; a patch latent's sequence is
+//     itself alone, so softmax is 1 and its output is Wout Wv LN(lat) (Q and K never computed).
+// One final LayerNorm, written token-major (B, L1 + L2, C).
 #pragma once
-#include <cmath>
+#include "perceiver_attn.h"
 
-#include "common.h"
+// Stage marks for a profiling harness (it defines the macro before including an ISA file);
+// no-ops in every build of the library.
+#ifndef EDGETAM_PERCEIVER_STAGE
+#define EDGETAM_PERCEIVER_STAGE(name)
+#endif
 
 namespace edgetam_cpu {
 namespace EDGETAM_ISA {
 namespace {
 
-using vf = typename V::f;
+constexpr int64_t kColChunk = 64;     // latent columns per work item: a multiple of every V::W
+constexpr int64_t kTokenChunk = 256;  // tokens per work item without patch latents
 
-inline int64_t padw(int64_t n) { return round_up(n, V::W); }
-
-// Per-thread work split of [0, n) in chunks that are multiples of `align`.
-template <class F>
-void parallel_chunks(const Parallel& par, int64_t n, int64_t align, const F& f) {
-  struct Ctx {
-    const F* f;
-    int64_t n, chunk;
-  };
-  const int64_t parts = max64(1, min64(int64_t(par.threads), ceil_div(n, align)));
-  Ctx ctx{&f, n, round_up(ceil_div(n, parts), align)};
-  const int64_t count = ceil_div(n, ctx.chunk);
-  if (count <= 1) {
-    f(int64_t(0), n);
-    return;
-  }
-  par.run(par.self, count, &ctx, [](void* c, int64_t b, int64_t e) {
-    const Ctx& x = *static_cast<const Ctx*>(c);
-    for (int64_t i = b; i < e; ++i) (*x.f)(i * x.chunk, min64(x.n, (i + 1) * x.chunk));
-  });
-}
-
-// LayerNorm of `rows` rows of length C (leading dims ldx, ldy); padding of y untouched.
-void ln_rows(const float* x, int64_t ldx, int64_t rows, int64_t C, const float* w, const float* b,
-             float eps, float* y, int64_t ldy) {
-  constexpr int64_t W = V::W;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * ldx;
-    float* yr = y + r * ldy;
-    int64_t c = 0;
-    vf acc = V::zero();
-    float sum = 0.0f;
-    for (; c + W <= C; c += W) acc = V::add(acc, V::load(xr + c));
-    sum = V::hsum(acc);
-    for (; c < C; ++c) sum += xr[c];
-    const float mean = sum / float(C);
-    const vf mv = V::set1(mean);
-    acc = V::zero();
-    float ss = 0.0f;
-    for (c = 0; c + W <= C; c += W) {
-      vf d = V::sub(V::load(xr + c), mv);
-      acc = V::fma(d, d, acc);
-    }
-    ss = V::hsum(acc);
-    for (; c < C; ++c) ss += (xr[c] - mean) * (xr[c] - mean);
-    const float rstd = 1.0f / std::sqrt(ss / float(C) + eps);
-    const vf rv = V::set1(rstd);
-    for (c = 0; c + W <= C; c += W)
-      V::store(yr + c, V::fma(V::mul(V::sub(V::load(xr + c), mv), rv), V::load(w + c), V::load(b + c)));
-    for (; c < C; ++c) yr[c] = (xr[c] - mean) * rstd * w[c] + b[c];
-  }
-}
-
-// LayerNorm over channels of a channel-major (C, N) block, tokens [n0, n1): y (C, ldy).
-// Statistics per token are vectorized across tokens (no transpose of the input).
-void ln_channels(const float* x, int64_t N, int64_t C, const float* w, const float* b, float eps,
-                 float* y, int64_t ldy, int64_t n0, int64_t n1, float* mean, float* rstd) {
-  constexpr int64_t W = V::W;
-  for (int64_t n = n0; n < n1; ++n) mean[n] = rstd[n] = 0.0f;
-  int64_t nv = n0 + (n1 - n0) / W * W;
-  for (int64_t c = 0; c < C; ++c) {
-    const float* xc = x + c * N;
-    int64_t n = n0;
-    for (; n < nv; n += W) V::store(mean + n, V::add(V::load(mean + n), V::load(xc + n)));
-    for (; n < n1; ++n) mean[n] += xc[n];
-  }
-  const float invc = 1.0f / float(C);
-  for (int64_t n = n0; n < n1; ++n) mean[n] *= invc;
-  for (int64_t c = 0; c < C; ++c) {
-    const float* xc = x + c * N;
-    int64_t n = n0;
-    for (; n < nv; n += W) {
-      vf d = V::sub(V::load(xc + n), V::load(mean + n));
-      V::store(rstd + n, V::fma(d, d, V::load(rstd + n)));
-    }
-    for (; n < n1; ++n) rstd[n] += (xc[n] - mean[n]) * (xc[n] - mean[n]);
-  }
-  for (int64_t n = n0; n < n1; ++n) rstd[n] = 1.0f / std::sqrt(rstd[n] * invc + eps);
-  for (int64_t c = 0; c < C; ++c) {
-    const float* xc = x + c * N;
-    float* yc = y + c * ldy;
-    const vf wv = V::set1(w[c]), bv = V::set1(b[c]);
-    int64_t n = n0;
-    for (; n < nv; n += W)
-      V::store(yc + n, V::fma(V::mul(V::sub(V::load(xc + n), V::load(mean + n)), V::load(rstd + n)), wv, bv));
-    for (; n < n1; ++n) yc[n] = (xc[n] - mean[n]) * rstd[n] * w[c] + b[c];
-  }
-}
-
-// Exact-erf GELU, 0.5 (x + |x| erf(|x| / sqrt 2)), erf by Abramowitz-Stegun 7.1.26
-// (absolute error 1.5e-7), in place over n values.
-void gelu(float* x, int64_t n) {
-  constexpr int64_t W = V::W;
-  const vf one = V::set1(1.0f), half = V::set1(0.5f), p = V::set1(0.3275911f);
-  const vf a1 = V::set1(0.254829592f), a2 = V::set1(-0.284496736f), a3 = V::set1(1.421413741f),
-           a4 = V::set1(-1.453152027f), a5 = V::set1(1.061405429f);
-  const vf rs2 = V::set1(0.70710678118654752f), nl2e = V::set1(-1.4426950408889634f);
-  int64_t i = 0;
-  auto one_vec = [&](vf xv) {
-    vf z = V::mul(V::abs(xv), rs2);
-    vf t = V::div(one, V::fma(p, z, one));
-    vf poly = V::fma(V::fma(V::fma(V::fma(a5, t, a4), t, a3), t, a2), t, a1);
-    vf e = V::exp2(V::mul(V::mul(z, z), nl2e));
-    vf erf = V::sub(one, V::mul(V::mul(poly, t), e));
-    return V::mul(half, V::fma(V::abs(xv), erf, xv));
-  };
-  for (; i + W <= n; i += W) V::store(x + i, one_vec(V::load(x + i)));
-  for (; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
-}
-
-// out (I, ldo) = W^T for W (O, I) row-major, columns beyond O zero.
-void transpose_weight(const float* w, int64_t O, int64_t I, float* out, int64_t ldo) {
-  for (int64_t i = 0; i < I; ++i) {
-    float* r = out + i * ldo;
-    for (int64_t o = 0; o < O; ++o) r[o] = w[o * I + i];
-    for (int64_t o = O; o < ldo; ++o) r[o] = 0.0f;
-  }
-}
-
-// Unnormalized softmax of rows [0, rows) over their first n entries (scaled by `scale`):
-// exp(x - max) in place, entries [n, ld) zeroed, 1 / row sum in inv_sum.
-void softmax_rows(float* s, int64_t rows, int64_t n, int64_t ld, float scale, float* inv_sum) {
-  constexpr int64_t W = V::W;
-  const float c = scale * 1.4426950408889634f;
-  const vf cv = V::set1(c);
-  for (int64_t r = 0; r < rows; ++r) {
-    float* x = s + r * ld;
-    int64_t j = 0;
-    vf mv = V::set1(-__builtin_inff());
-    for (; j + W <= n; j += W) mv = V::max(mv, V::load(x + j));
-    float m = V::hmax(mv);
-    for (; j < n; ++j) m = (x[j] > m || x[j] != x[j]) ? x[j] : m;
-    const vf mc = V::set1(m * c);
-    vf sv = V::zero();
-    float sum = 0.0f;
-    for (j = 0; j + W <= n; j += W) {
-      vf e = V::exp2(V::sub(V::mul(V::load(x + j), cv), mc));
-      V::store(x + j, e);
-      sv = V::add(sv, e);
-    }
-    for (; j < n; ++j) {
-      x[j] = exp2_scalar(x[j] * c - m * c);
-      sum += x[j];
-    }
-    sum += V::hsum(sv);
-    inv_sum[r] = 1.0f / sum;  // applied to the (narrower) output rows instead of P
-    for (j = n; j < ld; ++j) x[j] = 0.0f;
-  }
-}
-
-// O (L, ldo) = softmax(Q K^T * scale) V for one head, query rows in parallel blocks.
-// q (L, ldq) with dk columns used, kt (dk, ldk) transposed keys, v (N, ldv) with dvp columns
-// (a multiple of W, zero beyond the head's width so O's padding stays zero).
-void attention_head(const Parallel& par, int64_t L, int64_t N, int64_t dk, int64_t dvp,
-                    const float* q, int64_t ldq, const float* kt, int64_t ldk, const float* v,
-                    int64_t ldv, float* o, int64_t ldo, float scale) {
-  const int64_t Np = padw(N);
-  const int64_t block = 8 * V::MR;
-  parallel_chunks(par, L, block, [&](int64_t r0, int64_t r1) {
-    Arena ar(arena_bytes<float>(block * Np) + arena_bytes<float>(block), 1);
-    float* s = ar.take<float>(block * Np);
-    float* inv = ar.take<float>(block);
-    for (int64_t b0 = r0; b0 < r1; b0 += block) {
-      const int64_t m = min64(block, r1 - b0);
-      gemm<false>(m, Np, dk, q + b0 * ldq, ldq, 1, kt, ldk, s, Np, false, nullptr);
-      softmax_rows(s, m, N, Np, scale, inv);
-      gemm<false>(m, dvp, N, s, Np, 1, v, ldv, o + b0 * ldo, ldo, false, nullptr, 128);
-      for (int64_t i = 0; i < m; ++i) scale_row(o + (b0 + i) * ldo, dvp, inv[i]);
-    }
-  });
-}
-
-// Multi-head attention: q (L, ldq), kt (inner, ldk), v (N, ldv) -> o (L, ldo), inner columns.
-// One head runs in place; several are copied to W-padded buffers one at a time.
-void attention(const Parallel& par, int64_t L, int64_t N, int64_t inner, int64_t heads,
-               const float* q, int64_t ldq, const float* kt, int64_t ldk, const float* v,
-               int64_t ldv, float* o, int64_t ldo) {
-  const int64_t dh = inner / heads, dhp = padw(dh);
-  const float scale = 1.0f / std::sqrt(float(dh));
-  if (heads == 1) {
-    attention_head(par, L, N, dh, dhp, q, ldq, kt, ldk, v, ldv, o, ldo, scale);
-    return;
-  }
-  Arena ar(arena_bytes<float>(N * dhp) + arena_bytes<float>(L * dhp), 2);
-  float* vh = ar.take<float>(N * dhp);
-  float* oh = ar.take<float>(L * dhp);
-  for (int64_t h = 0; h < heads; ++h) {
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t c = 0; c < dhp; ++c) vh[n * dhp + c] = c < dh ? v[n * ldv + h * dh + c] : 0.0f;
-    attention_head(par, L, N, dh, dhp, q + h * dh, ldq, kt + h * dh * ldk, ldk, vh, dhp, oh, dhp,
-                   scale);
-    for (int64_t l = 0; l < L; ++l)
-      for (int64_t c = 0; c < dh; ++c) o[l * ldo + h * dh + c] = oh[l * dhp + c];
-  }
-}
-
-// Rows [0, L) of `lat` (L, ldl) += FF(lat): W2 gelu(W1 LN(lat)), residual fused into the matmul.
-void feed_forward(const Parallel& par, float* lat, int64_t L, int64_t C, int64_t ldl,
-                  const float* const* p, int64_t hidden, float eps, float* ln, float* h,
-                  float* w1t, float* w2t) {
-  const int64_t Hp = padw(hidden);
-  transpose_weight(p[2], hidden, C, w1t, Hp);
-  transpose_weight(p[3], C, hidden, w2t, ldl);
-  ln_rows(lat, ldl, L, C, p[0], p[1], eps, ln, ldl);
-  parallel_chunks(par, L, V::MR, [&](int64_t r0, int64_t r1) {
-    gemm<false>(r1 - r0, Hp, C, ln + r0 * ldl, ldl, 1, w1t, Hp, h + r0 * Hp, Hp, false, nullptr);
-    gelu(h + r0 * Hp, (r1 - r0) * Hp);
-    gemm<false>(r1 - r0, ldl, hidden, h + r0 * Hp, Hp, 1, w2t, ldl, lat + r0 * ldl, ldl, true,
-                nullptr);
-  });
-}
-
-struct PerceiverBufs {
-  float *xnT, *mean, *rstd, *kt, *ktp, *v, *vp, *g, *pl, *ln, *lnT, *q, *o, *h, *kts, *wa, *wb,
-      *score, *posT;
+struct Plan {
+  int64_t N, L1, L2, L, ld;  // tokens, latents (global, patch, both), latent leading dim
+  int64_t nw, ws;            // window grid and window size (patch latents)
+  int64_t chunk, nchunks, lc;  // tokens per work item, items, its leading dim
+  int64_t inner_x;           // widest cross-attention inner dim (partials' row stride)
 };
 
-void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t b, PerceiverBufs& t,
-                     int64_t Ip, int64_t Hp) {
-  const int64_t C = a.C, N = a.H * a.W, Np = padw(N), Cp = padw(C);
-  const int64_t L1 = a.lat1 ? a.L1 : 0, L2 = a.lat2 ? a.L2 : 0, L1p = padw(L1);
-  const float* x = a.x + b * C * N;
-  // Padding that no writer covers must be zero (the scratch is reused between calls).
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t n = N; n < Np; ++n) t.xnT[c * Np + n] = 0.0f;
-  if (a.pos && L1)
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t c = C; c < Ip; ++c) t.posT[n * Ip + c] = 0.0f;
-  const float* pos = a.pos ? a.pos + b * a.pos_bstride : nullptr;
-  for (int64_t l = 0; l < L1; ++l)
-    for (int64_t c = 0; c < Cp; ++c) t.g[l * Cp + c] = c < C ? a.lat1[l * C + c] : 0.0f;
-  for (int64_t l = 0; l < L2; ++l)
-    for (int64_t c = 0; c < Cp; ++c) t.pl[l * Cp + c] = c < C ? a.lat2[l * C + c] : 0.0f;
-  const int64_t nw = L2 ? int64_t(std::sqrt(double(L2)) + 0.5) : 1, ws = a.H / nw;
-  if (pos && L1) {  // pos token-major once per batch element (both layers add it to V)
-    for (int64_t n0 = 0; n0 < N; n0 += 16)
-      for (int64_t c0 = 0; c0 < C; c0 += 16)
-        for (int64_t n = n0; n < min64(N, n0 + 16); ++n)
-          for (int64_t c = c0; c < min64(C, c0 + 16); ++c) t.posT[n * Ip + c] = pos[c * N + n];
+struct Partials {
+  float *o, *m, *l;  // per chunk: (inner_x, ld) outputs, (heads, ld) maxima and sums
+};
+
+// Per-thread scratch of the token stage.
+struct TokenScratch {
+  float *xs, *kv, *mean, *rstd;
+  static int64_t bytes(const PerceiverArgs& a, const Plan& pl, int64_t dh) {
+    return arena_bytes<float>(a.C * pl.lc) + arena_bytes<float>(2 * pl.inner_x * pl.lc) +
+           2 * arena_bytes<float>(pl.lc) + BlockScratch::bytes(dh, dh) +
+           WindowScratch::bytes(dh, a.W, pl.ws);
   }
+};
+
+// One chunk of tokens [n0, n0 + len): see the file comment.
+void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, const Partials& pt,
+                 const float* const* p, int64_t inner, const float* x, const float* pos,
+                 int64_t ci, int64_t dh_max) {
+  const int64_t C = a.C, N = pl.N, lc = pl.lc, ld = b.ld, heads = a.heads, dh = inner / heads;
+  const int64_t n0 = ci * pl.chunk, len = min64(pl.chunk, N - n0), lenw = round_up(len, V::W);
+  const float scale = 1.0f / std::sqrt(float(dh));
+  Arena ar(TokenScratch::bytes(a, pl, dh_max), 1);
+  float* xs = ar.take<float>(C * lc);
+  float* kv = ar.take<float>(2 * pl.inner_x * lc);
+  float* mean = ar.take<float>(lc);
+  float* rstd = ar.take<float>(lc);
+  for (int64_t c0 = 0; c0 < len; c0 += kColChunk)  // pieces whose three passes stay in L1
+    ln_channels(x + n0, N, C, p[2], p[3], a.eps, xs, lc, c0, min64(len, c0 + kColChunk), mean,
+                rstd);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t n = len; n < lc; ++n) xs[c * lc + n] = 0.0f;
+  project(2 * inner, C, p[5], xs, lc, kv, lc, 0, lenw, false);
+  for (int64_t r = 0; r < 2 * inner; ++r)  // padding read by the window rows' last lanes
+    for (int64_t n = lenw; n < lc; ++n) kv[r * lc + n] = 0.0f;
+  if (pl.L2) {
+    WindowScratch ws(ar, dh, a.W, pl.ws);
+    for (int64_t h = 0; h < heads; ++h) {
+      WindowAttn wa{b.q + h * dh * ld + pl.L1, kv + h * dh * lc, kv + (inner + h * dh) * lc,
+                    b.o + h * dh * ld + pl.L1, ld, lc, ld, dh, a.W, pl.nw, pl.ws, scale};
+      window_attention(wa, ci, ws);
+    }
+  }
+  if (!pl.L1) return;
+  if (pos) {  // global latents see keys and values with pos
+    const int64_t nv = len / V::W * V::W;
+    for (int64_t r = 0; r < 2 * inner; ++r) {
+      const float* pr = pos + (r % inner) * N + n0;
+      float* kr = kv + r * lc;
+      int64_t n = 0;
+      for (; n < nv; n += V::W) V::store(kr + n, V::add(V::load(kr + n), V::load(pr + n)));
+      for (; n < len; ++n) kr[n] += pr[n];
+    }
+  }
+  BlockScratch bs(ar, dh, dh);
+  for (int64_t h = 0; h < heads; ++h) {
+    const int64_t slot = ci * heads + h;
+    HeadAttn ha{b.q + h * dh * ld, kv + h * dh * lc, kv + (inner + h * dh) * lc,
+                pt.o + (ci * pl.inner_x + h * dh) * ld, ld, lc, lc, ld, len, dh, dh, scale,
+                pt.m + slot * ld, pt.l + slot * ld};
+    for (int64_t q0 = 0; q0 < pl.L1; q0 += kPerceiverQueries)
+      block_attention(ha, q0, min64(kPerceiverQueries, pl.L1 - q0), bs);
+  }
+}
+
+void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, const Plan& pl,
+                     const LatentBufs& b, const Partials& pt) {
+  const int64_t C = a.C, N = pl.N, L1 = pl.L1, L2 = pl.L2, L = pl.L, ld = b.ld;
+  const float* x = a.x + bi * C * N;
+  const float* pos = (a.pos && L1) ? a.pos + bi * a.pos_bstride : nullptr;
+  for (int64_t c = 0; c < C; ++c) {  // latents in, transposed
+    float* r = b.lat + c * ld;
+    for (int64_t l = 0; l < L1; ++l) r[l] = a.lat1[l * C + c];
+    for (int64_t l = 0; l < L2; ++l) r[L1 + l] = a.lat2[l * C + c];
+  }
+  int64_t dh_max = 1;
+  for (int64_t layer = 0; layer < a.depth; ++layer) dh_max = max64(dh_max, a.inner[layer] / a.heads);
+  EDGETAM_PERCEIVER_STAGE("setup");
 
   for (int64_t layer = 0; layer < a.depth; ++layer) {
     const float* const* p = a.w + layer * a.n_per_layer;
-    const int64_t inner = a.inner[layer], hidden = a.hidden[layer];
-    // Memory features: LN_x, K^T = Wk LN_x(x)^T and V = LN_x(x) Wv^T, once for both groups.
-    parallel_chunks(par, N, V::W, [&](int64_t n0, int64_t n1) {
-      ln_channels(x, N, C, p[2], p[3], a.eps, t.xnT, Np, n0, n1, t.mean, t.rstd);
+    const int64_t inner = a.inner[layer], hidden = a.hidden[layer], dh = inner / a.heads;
+    parallel_cols(par, L, kColChunk, [&](int64_t c0, int64_t c1) {
+      ln_channels(b.lat, ld, C, p[0], p[1], a.eps, b.ln, ld, c0, min64(c1, L), b.mean, b.rstd);
+      project(inner, C, p[4], b.ln, ld, b.q, ld, c0, c1, false);
     });
-    transpose_weight(p[5] + inner * C, inner, C, t.wa, Ip);  // Wv^T
-    parallel_chunks(par, Np, V::NR * V::W, [&](int64_t c0, int64_t c1) {
-      gemm<false>(inner, c1 - c0, C, p[5], C, 1, t.xnT + c0, Np, t.kt + c0, Np, false, nullptr);
+    EDGETAM_PERCEIVER_STAGE("q_proj");
+    parallel_items(par, pl.nchunks, [&](int64_t ci) {
+      token_chunk(a, pl, b, pt, p, inner, x, pos, ci, dh_max);
     });
-    parallel_chunks(par, N, V::MR, [&](int64_t r0, int64_t r1) {
-      gemm<false>(r1 - r0, Ip, C, t.xnT + r0, 1, Np, t.wa, Ip, t.v + r0 * Ip, Ip, false, nullptr);
-    });
-    transpose_weight(p[6], C, inner, t.wb, Cp);  // Wout^T
-    transpose_weight(p[4], inner, C, t.wa, Ip);  // Wq^T
-
-    if (L1) {  // global latents: all tokens, pos on keys and values
-      const float* kt = t.kt;
-      const float* vv = t.v;
-      if (pos) {
-        for (int64_t c = 0; c < inner; ++c)
-          for (int64_t n = 0; n < Np; ++n)
-            t.ktp[c * Np + n] = n < N ? t.kt[c * Np + n] + pos[c * N + n] : 0.0f;
-        for (int64_t i = 0; i < N * Ip; i += V::W)
-          V::store(t.vp + i, V::add(V::load(t.v + i), V::load(t.posT + i)));
-        kt = t.ktp;
-        vv = t.vp;
+    EDGETAM_PERCEIVER_STAGE("tokens_attn");
+    parallel_cols(par, L, kColChunk, [&](int64_t c0, int64_t c1) {
+      if (c0 < L1) {
+        Arena ar(arena_bytes<float>(pl.nchunks * V::W), 1);
+        float* wts = ar.take<float>(pl.nchunks * V::W);
+        for (int64_t h = 0; h < a.heads; ++h)
+          merge_partials(pl.nchunks, dh, pt.o + h * dh * ld, pl.inner_x, pt.m + h * ld,
+                         pt.l + h * ld, a.heads * ld, ld, b.o + h * dh * ld, c0, min64(c1, L1),
+                         wts);
       }
-      ln_rows(t.g, Cp, L1, C, p[0], p[1], a.eps, t.ln, Cp);
-      gemm<false>(L1, Ip, C, t.ln, Cp, 1, t.wa, Ip, t.q, Ip, false, nullptr);
-      attention(par, L1, N, inner, a.heads, t.q, Ip, kt, Np, vv, Ip, t.o, Ip);
-      gemm<false>(L1, Cp, inner, t.o, Ip, 1, t.wb, Cp, t.g, Cp, true, nullptr);
-    }
-    if (L2) {  // patch latents: each reads its window's keys and values by token index
-      ln_rows(t.pl, Cp, L2, C, p[0], p[1], a.eps, t.ln, Cp);
-      gemm<false>(L2, Ip, C, t.ln, Cp, 1, t.wa, Ip, t.q, Ip, false, nullptr);
-      const int64_t T = ws * ws, dh = inner / a.heads;
-      const float scale = 1.0f / std::sqrt(float(dh));
-      float* sc = t.score;
-      for (int64_t j = 0; j < L2; ++j) {
-        const int64_t y0 = (j / nw) * ws, x0 = (j % nw) * ws;
-        float* o = t.o + j * Ip;
-        for (int64_t c = 0; c < Ip; ++c) o[c] = 0.0f;
-        for (int64_t h = 0; h < a.heads; ++h) {
-          const float* q = t.q + j * Ip + h * dh;
-          for (int64_t tt = 0; tt < T; ++tt) sc[tt] = 0.0f;
-          for (int64_t c = 0; c < dh; ++c) {
-            const float qc = q[c];
-            const float* kr = t.kt + (h * dh + c) * Np;
-            for (int64_t dy = 0; dy < ws; ++dy)
-              for (int64_t dx = 0; dx < ws; ++dx)
-                sc[dy * ws + dx] += qc * kr[(y0 + dy) * a.W + x0 + dx];
-          }
-          float m = -__builtin_inff();
-          for (int64_t tt = 0; tt < T; ++tt) m = (sc[tt] > m || sc[tt] != sc[tt]) ? sc[tt] : m;
-          float sum = 0.0f;
-          for (int64_t tt = 0; tt < T; ++tt) {
-            sc[tt] = exp2_scalar((sc[tt] - m) * scale * 1.4426950408889634f);
-            sum += sc[tt];
-          }
-          const float inv = 1.0f / sum;
-          for (int64_t tt = 0; tt < T; ++tt) {
-            const float pt = sc[tt] * inv;
-            const float* vr = t.v + ((y0 + tt / ws) * a.W + x0 + tt % ws) * Ip + h * dh;
-            float* oh = o + h * dh;
-            int64_t c = 0;
-            for (; c + V::W <= dh; c += V::W)
-              V::store(oh + c, V::fma(V::set1(pt), V::load(vr + c), V::load(oh + c)));
-            for (; c < dh; ++c) oh[c] += pt * vr[c];
-          }
-        }
-      }
-      gemm<false>(L2, Cp, inner, t.o, Ip, 1, t.wb, Cp, t.pl, Cp, true, nullptr);
-    }
-    if (L1) feed_forward(par, t.g, L1, C, Cp, p + 7, hidden, a.eps, t.ln, t.h, t.wa, t.wb);
-    if (L2) feed_forward(par, t.pl, L2, C, Cp, p + 7, hidden, a.eps, t.ln, t.h, t.wa, t.wb);
+      project(C, inner, p[6], b.o, ld, b.lat, ld, c0, c1, true);
+      feed_forward_cols(b, C, L, p + 7, hidden, a.eps, c0, c1);
+    });
+    EDGETAM_PERCEIVER_STAGE("out_ff");
     if (!a.self_attn) continue;
 
     const int64_t inner_s = a.inner_s[layer], hidden_s = a.hidden_s[layer];
     const float* const* s = p + 11;
-    transpose_weight(s[3] + inner_s * C, inner_s, C, t.wa, Ip);  // Wv^T
-    transpose_weight(s[4], C, inner_s, t.wb, Cp);                // Wout^T
+    const int64_t dhs = inner_s / a.heads;
+    parallel_cols(par, L, kColChunk, [&](int64_t c0, int64_t c1) {
+      ln_channels(b.lat, ld, C, s[0], s[1], a.eps, b.ln, ld, c0, min64(c1, L), b.mean, b.rstd);
+      project(inner_s, C, s[3] + inner_s * C, b.ln, ld, b.v, ld, c0, c1, false);
+      if (c0 < L1) {
+        project(inner_s, C, s[2], b.ln, ld, b.q, ld, c0, c1, false);
+        project(inner_s, C, s[3], b.ln, ld, b.k, ld, c0, c1, false);
+      }
+      for (int64_t r = 0; r < inner_s; ++r)  // patch latents: softmax over one key is 1
+        for (int64_t l = max64(c0, L1); l < min64(c1, L); ++l) b.o[r * ld + l] = b.v[r * ld + l];
+    });
+    EDGETAM_PERCEIVER_STAGE("self_proj");
     if (L1) {
-      ln_rows(t.g, Cp, L1, C, s[0], s[1], a.eps, t.ln, Cp);
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t l = 0; l < L1p; ++l) t.lnT[c * L1p + l] = l < L1 ? t.ln[l * Cp + c] : 0.0f;
-      gemm<false>(inner_s, L1p, C, s[3], C, 1, t.lnT, L1p, t.kts, L1p, false, nullptr);  // K^T
-      gemm<false>(L1, Ip, C, t.ln, Cp, 1, t.wa, Ip, t.v, Ip, false, nullptr);            // V
-      float* wq = t.h;  // Wq^T in the FF buffer, free here
-      transpose_weight(s[2], inner_s, C, wq, Ip);
-      gemm<false>(L1, Ip, C, t.ln, Cp, 1, wq, Ip, t.q, Ip, false, nullptr);
-      attention(par, L1, L1, inner_s, a.heads, t.q, Ip, t.kts, L1p, t.v, Ip, t.o, Ip);
-      gemm<false>(L1, Cp, inner_s, t.o, Ip, 1, t.wb, Cp, t.g, Cp, true, nullptr);
+      const int64_t nqb = ceil_div(L1, kPerceiverQueries);
+      const float scale = 1.0f / std::sqrt(float(dhs));
+      parallel_items(par, a.heads * nqb, [&](int64_t it) {
+        const int64_t h = it / nqb, q0 = (it % nqb) * kPerceiverQueries;
+        Arena ar(BlockScratch::bytes(dhs, dhs), 1);
+        BlockScratch bs(ar, dhs, dhs);
+        HeadAttn ha{b.q + h * dhs * ld, b.k + h * dhs * ld, b.v + h * dhs * ld,
+                    b.o + h * dhs * ld, ld, ld, ld, ld, L1, dhs, dhs, scale};
+        block_attention(ha, q0, min64(kPerceiverQueries, L1 - q0), bs);
+      });
     }
-    if (L2) {  // one key per sequence: softmax is 1, the output is Wout Wv LN(latent)
-      ln_rows(t.pl, Cp, L2, C, s[0], s[1], a.eps, t.ln, Cp);
-      gemm<false>(L2, Ip, C, t.ln, Cp, 1, t.wa, Ip, t.o, Ip, false, nullptr);
-      gemm<false>(L2, Cp, inner_s, t.o, Ip, 1, t.wb, Cp, t.pl, Cp, true, nullptr);
-    }
-    if (L1) feed_forward(par, t.g, L1, C, Cp, s + 5, hidden_s, a.eps, t.ln, t.h, t.wa, t.wb);
-    if (L2) feed_forward(par, t.pl, L2, C, Cp, s + 5, hidden_s, a.eps, t.ln, t.h, t.wa, t.wb);
+    EDGETAM_PERCEIVER_STAGE("self_attn");
+    parallel_cols(par, L, kColChunk, [&](int64_t c0, int64_t c1) {
+      project(C, inner_s, s[4], b.o, ld, b.lat, ld, c0, c1, true);
+      feed_forward_cols(b, C, L, s + 5, hidden_s, a.eps, c0, c1);
+    });
+    EDGETAM_PERCEIVER_STAGE("self_out_ff");
   }
-  float* out = a.out + b * (L1 + L2) * C;
-  ln_rows(t.g, Cp, L1, C, a.norm_w, a.norm_b, a.eps, out, C);
-  ln_rows(t.pl, Cp, L2, C, a.norm_w, a.norm_b, a.eps, out + L1 * C, C);
+  float* out = a.out + bi * L * C;
+  parallel_cols(par, L, kColChunk, [&](int64_t c0, int64_t c1) {
+    const int64_t l1 = min64(c1, L);
+    ln_channels(b.lat, ld, C, a.norm_w, a.norm_b, a.eps, b.ln, ld, c0, l1, b.mean, b.rstd);
+    for (int64_t l = c0; l < l1; ++l)
+      for (int64_t c = 0; c < C; ++c) out[l * C + c] = b.ln[c * ld + l];
+  });
+  EDGETAM_PERCEIVER_STAGE("final_ln");
 }
 
 }  // namespace
 
 void spatial_perceiver(const PerceiverArgs& a, const Parallel& par) {
-  const int64_t C = a.C, N = a.H * a.W, Np = padw(N), Cp = padw(C);
-  const int64_t L1 = a.lat1 ? a.L1 : 0, L2 = a.lat2 ? a.L2 : 0, L1p = padw(L1);
-  const int64_t Lm = max64(max64(L1, L2), 1);
-  int64_t inner = 1, hidden = 1;
+  const int64_t C = a.C;
+  Plan pl;
+  pl.N = a.H * a.W;
+  pl.L1 = a.lat1 ? a.L1 : 0;
+  pl.L2 = a.lat2 ? a.L2 : 0;
+  pl.L = pl.L1 + pl.L2;
+  pl.nw = pl.L2 ? int64_t(std::sqrt(double(pl.L2)) + 0.5) : 1;
+  pl.ws = a.H / pl.nw;
+  pl.chunk = pl.L2 ? pl.ws * a.W : min64(kTokenChunk, pl.N);
+  pl.nchunks = ceil_div(pl.N, pl.chunk);
+  pl.lc = ld_cols(pl.chunk);
+  int64_t inner = C, hidden = 1;
+  pl.inner_x = 1;
   for (int64_t l = 0; l < a.depth; ++l) {
+    pl.inner_x = max64(pl.inner_x, a.inner[l]);
     inner = max64(inner, a.inner[l]);
     hidden = max64(hidden, a.hidden[l]);
     if (a.self_attn) {
@@ -383,21 +209,28 @@ void spatial_perceiver(const PerceiverArgs& a, const Parallel& par) {
       hidden = max64(hidden, a.hidden_s[l]);
     }
   }
-  inner = max64(inner, C);
-  const int64_t Ip = padw(inner), Hp = padw(max64(hidden, inner));
-  const int64_t nw = L2 ? int64_t(std::sqrt(double(L2)) + 0.5) : 1, ws = a.H / nw;
-  const int64_t wsz = max64(C, Hp) * max64(Cp, Hp);  // any transposed weight
-  const int64_t sizes[] = {C * Np, Np, Np, inner * Np, inner * Np, N * Ip, N * Ip, L1 * Cp,
-                           L2 * Cp, Lm * Cp, C * L1p, Lm * Ip, Lm * Ip, max64(Lm * Hp, C * Ip),
-                           inner * L1p, wsz, wsz, ws * ws, N * Ip};
+  LatentBufs b;
+  b.ld = pl.ld = ld_cols(pl.L);
+  const int64_t ld = b.ld, P = pl.L1 ? pl.nchunks : 0;
+  const int64_t sizes[] = {inner * ld, inner * ld, inner * ld, inner * ld, inner * ld,
+                           inner * ld, hidden * ld, ld, ld, P * pl.inner_x * ld,
+                           P * a.heads * ld, P * a.heads * ld};
   int64_t bytes = 0;
   for (int64_t n : sizes) bytes += arena_bytes<float>(max64(n, 1));
   Arena ar(bytes, 0);
-  PerceiverBufs t;
-  float** slots[] = {&t.xnT, &t.mean, &t.rstd, &t.kt, &t.ktp, &t.v, &t.vp, &t.g, &t.pl,
-                     &t.ln, &t.lnT, &t.q, &t.o, &t.h, &t.kts, &t.wa, &t.wb, &t.score, &t.posT};
-  for (int i = 0; i < 19; ++i) *slots[i] = ar.take<float>(max64(sizes[i], 1));
-  for (int64_t b = 0; b < a.B; ++b) perceiver_batch(a, par, b, t, Ip, Hp);
+  Partials pt;
+  float** slots[] = {&b.lat, &b.ln, &b.q, &b.k, &b.v, &b.o, &b.h, &b.mean, &b.rstd,
+                     &pt.o, &pt.m, &pt.l};
+  for (int i = 0; i < 12; ++i) *slots[i] = ar.take<float>(max64(sizes[i], 1));
+  // Padding columns go through the products as whole vectors but hold no latent: zero them
+  // once (the scratch is reused between calls), and they stay zero (products of zeros).
+  float* const latent_bufs[] = {b.lat, b.ln, b.q, b.k, b.v, b.o, b.h};
+  for (int i = 0; i < 7; ++i) {
+    const int64_t rows = i == 6 ? hidden : inner;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t l = pl.L; l < ld; ++l) latent_bufs[i][r * ld + l] = 0.0f;
+  }
+  for (int64_t bi = 0; bi < a.B; ++bi) perceiver_batch(a, par, bi, pl, b, pt);
 }
 
 }  // namespace EDGETAM_ISA

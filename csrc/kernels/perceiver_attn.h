@@ -1,0 +1,238 @@
+// The perceiver's attentions on channel-major operands (see perceiver_ops.h), one head each:
+//   block_attention   queries attend to every key: flash-style, S^T = K Q^T per tile of keys
+//                     (one query per SIMD lane, so the online softmax runs down the columns with
+//                     no horizontal reductions), O^T = alpha O^T + V^T P^T. Both products are the
+//                     register-blocked micro-kernel of common.h reading K^T and V^T in place.
+//   window_attention  patch latents, each over its ws x ws window: vectorized along image rows.
+#pragma once
+#include "perceiver_ops.h"
+
+namespace edgetam_cpu {
+namespace EDGETAM_ISA {
+namespace {
+
+constexpr int64_t kPerceiverKeys = 96;     // keys per tile: a multiple of every MR
+constexpr int64_t kPerceiverQueries = 64;  // queries per block: one micro-tile strip on AVX-512
+
+// One head. Element (c, j) of an operand X lives at X[c * ldX + j]: qt (dk, queries),
+// kt (dk, keys), vt (dv, keys), ot (dv, queries). With pm / pl set, the result is a partial one
+// over this subset of keys, for merge_partials: ot unnormalized, and per query the running max
+// (base-2 logits) in pm and the softmax denominator in pl.
+struct HeadAttn {
+  const float *qt, *kt, *vt;
+  float* ot;
+  int64_t ldq, ldk, ldv, ldo, nk, dk, dv;
+  float scale;
+  float* pm = nullptr;
+  float* pl = nullptr;
+};
+
+struct BlockScratch {
+  float *q, *s, *o, *m, *l, *alpha;
+  static int64_t bytes(int64_t dk, int64_t dv) {
+    const int64_t Q = kPerceiverQueries;
+    return arena_bytes<float>(dk * Q) + arena_bytes<float>(kPerceiverKeys * Q) +
+           arena_bytes<float>(dv * Q) + 3 * arena_bytes<float>(Q);
+  }
+  BlockScratch(Arena& ar, int64_t dk, int64_t dv) {
+    const int64_t Q = kPerceiverQueries;
+    q = ar.take<float>(dk * Q);
+    s = ar.take<float>(kPerceiverKeys * Q);
+    o = ar.take<float>(dv * Q);
+    m = ar.take<float>(Q);
+    l = ar.take<float>(Q);
+    alpha = ar.take<float>(Q);
+  }
+};
+
+// Queries [q0, q0 + nq) (nq <= kPerceiverQueries) of one head; writes exactly those columns of ot.
+void block_attention(const HeadAttn& a, int64_t q0, int64_t nq, BlockScratch& t) {
+  constexpr int64_t W = V::W;
+  const int64_t ldb = round_up(nq, W);
+  const float c = a.scale * 1.4426950408889634f;  // softmax in base 2, scale folded into Q
+  for (int64_t d = 0; d < a.dk; ++d) {
+    const float* src = a.qt + d * a.ldq + q0;
+    float* dst = t.q + d * ldb;
+    for (int64_t i = 0; i < nq; ++i) dst[i] = src[i] * c;
+    for (int64_t i = nq; i < ldb; ++i) dst[i] = 0.0f;
+  }
+  for (int64_t i = 0; i < ldb; ++i) {
+    t.m[i] = -__builtin_inff();
+    t.l[i] = 0.0f;
+  }
+  for (int64_t k0 = 0; k0 < a.nk; k0 += kPerceiverKeys) {
+    const int64_t nk = min64(kPerceiverKeys, a.nk - k0);
+    gemm<false>(nk, ldb, a.dk, a.kt + k0, 1, a.ldk, t.q, ldb, t.s, ldb, false, nullptr);
+    for (int64_t i0 = 0; i0 < ldb; i0 += W) {
+      const vf mo = V::load(t.m + i0);
+      vf mx = V::set1(-__builtin_inff());
+      for (int64_t j = 0; j < nk; ++j) mx = V::max(mx, V::load(t.s + j * ldb + i0));
+      const vf mn = V::max(mo, mx);
+      vf sum = V::zero();
+      for (int64_t j = 0; j < nk; ++j) {
+        float* sp = t.s + j * ldb + i0;
+        const vf p = V::exp2(V::sub(V::load(sp), mn));
+        V::store(sp, p);
+        sum = V::add(sum, p);
+      }
+      const vf alpha = V::exp2(V::sub(mo, mn));
+      V::store(t.l + i0, V::fma(V::load(t.l + i0), alpha, sum));
+      V::store(t.m + i0, mn);
+      V::store(t.alpha + i0, alpha);
+    }
+    if (k0 > 0) {  // rescale the running output's columns (queries)
+      for (int64_t d = 0; d < a.dv; ++d) {
+        float* od = t.o + d * ldb;
+        for (int64_t i0 = 0; i0 < ldb; i0 += W)
+          V::store(od + i0, V::mul(V::load(od + i0), V::load(t.alpha + i0)));
+      }
+    }
+    gemm<false>(a.dv, ldb, nk, a.vt + k0, a.ldv, 1, t.s, ldb, t.o, ldb, k0 > 0, nullptr);
+  }
+  if (a.pm) {
+    for (int64_t i = 0; i < nq; ++i) {
+      a.pm[q0 + i] = t.m[i];
+      a.pl[q0 + i] = t.l[i];
+    }
+    for (int64_t i = 0; i < nq; ++i) t.l[i] = 1.0f;
+  } else {
+    for (int64_t i = 0; i < nq; ++i) t.l[i] = 1.0f / t.l[i];
+  }
+  for (int64_t d = 0; d < a.dv; ++d) {
+    const float* od = t.o + d * ldb;
+    float* dst = a.ot + d * a.ldo + q0;
+    for (int64_t i = 0; i < nq; ++i) dst[i] = od[i] * t.l[i];
+  }
+}
+
+// Combines the partial results of block_attention over P disjoint key subsets, for query
+// columns [c0, c1) (c0 a multiple of V::W; lanes past c1 read padding and are never stored):
+// subset p's output is rows [p * pstride, p * pstride + dv) of po, its max and sum at
+// pm / pl + p * mstride.
+// wts: scratch of P * V::W floats.
+void merge_partials(int64_t P, int64_t dv, const float* po, int64_t pstride, const float* pm,
+                    const float* pl, int64_t mstride, int64_t ld, float* ot, int64_t c0,
+                    int64_t c1, float* wts) {
+  constexpr int64_t W = V::W;
+  for (int64_t i0 = c0; i0 < c1; i0 += W) {
+    vf mx = V::load(pm + i0);
+    for (int64_t p = 1; p < P; ++p) mx = V::max(mx, V::load(pm + p * mstride + i0));
+    vf l = V::zero();
+    for (int64_t p = 0; p < P; ++p) {
+      const vf w = V::exp2(V::sub(V::load(pm + p * mstride + i0), mx));
+      V::store(wts + p * W, w);
+      l = V::fma(w, V::load(pl + p * mstride + i0), l);
+    }
+    const vf inv = V::div(V::set1(1.0f), l);
+    for (int64_t p = 0; p < P; ++p) V::store(wts + p * W, V::mul(V::load(wts + p * W), inv));
+    for (int64_t d = 0; d < dv; ++d) {
+      vf acc = V::zero();
+      for (int64_t p = 0; p < P; ++p)
+        acc = V::fma(V::load(wts + p * W), V::load(po + (p * pstride + d) * ld + i0), acc);
+      if (i0 + W <= c1) {
+        V::store(ot + d * ld + i0, acc);
+      } else {  // the last vector may reach into columns that belong to someone else
+        float tail[V::W];
+        V::store(tail, acc);
+        for (int64_t i = i0; i < c1; ++i) ot[d * ld + i] = tail[i - i0];
+      }
+    }
+  }
+}
+
+// Patch latents of one window row jy and one head: latent jy * nw + x / ws attends to the
+// ws x ws tokens of its window. Lane x of a vector over an image row belongs to latent x / ws,
+// so each product runs over whole image rows: s[dy][x] = sum_c q[c][x / ws] k[c][row dy, x].
+// Element (c, j) of qt / ot is at [c * ldq + j] with j the patch latent; kt, vt are
+// channel-major over the window row's ws * Wimg tokens (vector reads run up to V::W - 1
+// columns past them: padding).
+struct WindowAttn {
+  const float *qt, *kt, *vt;
+  float* ot;
+  int64_t ldq, ldk, ldo, dh, Wimg, nw, ws;
+  float scale;
+};
+
+struct WindowScratch {
+  float *q, *s, *m, *l, *acc;
+  static int64_t bytes(int64_t dh, int64_t Wimg, int64_t ws) {
+    const int64_t Wp = round_up(Wimg, V::W);
+    return arena_bytes<float>(dh * Wp) + arena_bytes<float>(ws * Wp) + 3 * arena_bytes<float>(Wp);
+  }
+  WindowScratch(Arena& ar, int64_t dh, int64_t Wimg, int64_t ws) {
+    const int64_t Wp = round_up(Wimg, V::W);
+    q = ar.take<float>(dh * Wp);
+    s = ar.take<float>(ws * Wp);
+    m = ar.take<float>(Wp);
+    l = ar.take<float>(Wp);
+    acc = ar.take<float>(Wp);
+  }
+};
+
+void window_attention(const WindowAttn& a, int64_t jy, WindowScratch& t) {
+  constexpr int64_t W = V::W;
+  const int64_t Wimg = a.Wimg, ws = a.ws, Wp = round_up(Wimg, W);
+  const int64_t lat0 = jy * a.nw;            // first latent of the window row
+  const float c = a.scale * 1.4426950408889634f;
+  for (int64_t d = 0; d < a.dh; ++d) {  // q expanded along the image row, scale folded in
+    const float* src = a.qt + d * a.ldq + lat0;
+    float* dst = t.q + d * Wp;
+    for (int64_t g = 0; g < a.nw; ++g)
+      for (int64_t x = g * ws; x < (g + 1) * ws; ++x) dst[x] = src[g] * c;
+    for (int64_t x = Wimg; x < Wp; ++x) dst[x] = 0.0f;
+  }
+  for (int64_t dy = 0; dy < ws; ++dy) {
+    float* s = t.s + dy * Wp;
+    const float* kr = a.kt + dy * Wimg;
+    for (int64_t x = 0; x < Wp; x += W) {
+      vf acc = V::zero();
+      for (int64_t d = 0; d < a.dh; ++d)
+        acc = V::fma(V::load(t.q + d * Wp + x), V::load(kr + d * a.ldk + x), acc);
+      V::store(s + x, acc);
+    }
+  }
+  // Max per latent (NaN wins, as in the reference), spread back over its lanes.
+  for (int64_t g = 0; g < a.nw; ++g) {
+    float mx = -__builtin_inff();
+    for (int64_t dy = 0; dy < ws; ++dy)
+      for (int64_t x = g * ws; x < (g + 1) * ws; ++x) {
+        const float v = t.s[dy * Wp + x];
+        mx = (v > mx || v != v) ? v : mx;
+      }
+    for (int64_t x = g * ws; x < (g + 1) * ws; ++x) t.m[x] = mx;
+  }
+  for (int64_t x = Wimg; x < Wp; ++x) t.m[x] = 0.0f;
+  for (int64_t x = 0; x < Wp; x += W) V::store(t.l + x, V::zero());
+  for (int64_t dy = 0; dy < ws; ++dy) {
+    float* s = t.s + dy * Wp;
+    for (int64_t x = 0; x < Wp; x += W) {
+      const vf p = V::exp2(V::sub(V::load(s + x), V::load(t.m + x)));
+      V::store(s + x, p);
+      V::store(t.l + x, V::add(V::load(t.l + x), p));
+    }
+  }
+  for (int64_t g = 0; g < a.nw; ++g) {
+    float sum = 0.0f;
+    for (int64_t x = g * ws; x < (g + 1) * ws; ++x) sum += t.l[x];
+    t.m[g] = 1.0f / sum;  // t.m is free again: 1 / row sum per latent
+  }
+  for (int64_t d = 0; d < a.dh; ++d) {
+    const float* vr = a.vt + d * a.ldk;
+    for (int64_t x = 0; x < Wp; x += W) {
+      vf acc = V::zero();
+      for (int64_t dy = 0; dy < ws; ++dy)
+        acc = V::fma(V::load(t.s + dy * Wp + x), V::load(vr + dy * Wimg + x), acc);
+      V::store(t.acc + x, acc);
+    }
+    float* dst = a.ot + d * a.ldo + lat0;
+    for (int64_t g = 0; g < a.nw; ++g) {
+      float sum = 0.0f;
+      for (int64_t x = g * ws; x < (g + 1) * ws; ++x) sum += t.acc[x];
+      dst[g] = sum * t.m[g];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace EDGETAM_ISA
+}  // namespace edgetam_cpu
