@@ -31,6 +31,10 @@ struct AttnPlan {
   bool dot;        // native reduced-precision dot (pairs)
   bool f16;        // ... in fp16 (else bf16)
   bool v_direct;   // P V reads v straight from the input
+  // Every key of every head rotated and rounded once, in the tile layout (rows of D fp32, or
+  // of D bf16 / fp16 on dot paths), when several query blocks share a head; else null and each
+  // block prepares its tiles itself.
+  const void* keys;
 };
 
 // Rotate a key/query row already loaded as fp32, then round it as the reference does: back to
@@ -76,6 +80,26 @@ inline uint32_t pack_pair(float lo, float hi) {
   return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16);
 }
 
+// Key `key` of head bh, rotated where the rule says so and rounded to the compute precision, as
+// row j of a tile `dst` (fp32 rows of D, or bf16 / fp16 rows of D on dot paths); row0: scratch.
+inline void prepare_key(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t key,
+                        float* row0, void* dst, int64_t j) {
+  const int64_t D = a.D;
+  float* row = p.dot ? row0 : static_cast<float*>(dst) + j * D;
+  load_row(a.k, a.dtype, (bh * a.Nk + key) * D, D, row);
+  if (key < a.k_nrope) {
+    const int64_t t = key % a.k_frame - (a.k_frame - a.k_nrot);
+    if (t >= 0) {
+      rotate_row(row, D, a.k_col_tab, a.k_row_tab, t % a.k_w, t / a.k_w);
+      round_row(row, D, dtype_as_compute(a.dtype));
+    }
+  }
+  if (p.dot)
+    store_row(row, 1.0f, p.f16 ? kF16 : kBF16, j * D, D, dst);
+  else
+    round_row(row, D, a.compute);
+}
+
 void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0,
                 AttnScratch& s) {
   constexpr int64_t W = V::W;
@@ -119,31 +143,22 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
 
   for (int64_t k0 = 0; k0 < a.Nk; k0 += kKeyTile) {
     const int64_t nk = min64(kKeyTile, a.Nk - k0);
-    // Keys of the tile, rotated where the rule says so.
-    uint16_t* krb = reinterpret_cast<uint16_t*>(s.kr);
-    for (int64_t j = 0; j < nk; ++j) {
-      const int64_t key = k0 + j;
-      float* row = dot ? s.row0 : s.kr + j * D;
-      load_row(a.k, a.dtype, (bh * a.Nk + key) * D, D, row);
-      if (key < a.k_nrope) {
-        const int64_t t = key % a.k_frame - (a.k_frame - a.k_nrot);
-        if (t >= 0) {
-          rotate_row(row, D, a.k_col_tab, a.k_row_tab, t % a.k_w, t / a.k_w);
-          round_row(row, D, in_round);
-        }
-      }
-      if (dot)
-        store_row(row, 1.0f, p.f16 ? kF16 : kBF16, j * D, D, krb);
-      else
-        round_row(row, D, cmp);
+    // Keys of the tile, rotated where the rule says so (or prepared once for every block).
+    const float* kt = s.kr;
+    if (p.keys) {
+      const int64_t off = (bh * a.Nk + k0) * D;
+      kt = dot ? reinterpret_cast<const float*>(static_cast<const uint16_t*>(p.keys) + off)
+               : static_cast<const float*>(p.keys) + off;
+    } else {
+      for (int64_t j = 0; j < nk; ++j) prepare_key(a, p, bh, k0 + j, s.row0, s.kr, j);
     }
     // S^T = K Q^T
     if (dot && p.f16)
-      gemm<2>(nk, ldq, kd, s.kr, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+      gemm<2>(nk, ldq, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     else if (dot)
-      gemm<1>(nk, ldq, kd, s.kr, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+      gemm<1>(nk, ldq, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     else
-      gemm<false>(nk, ldq, kd, s.kr, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+      gemm<false>(nk, ldq, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     // Online softmax down each column (query).
     for (int64_t i0 = 0; i0 < ldq; i0 += W) {
       vf mo = V::load(s.m + i0);
@@ -224,6 +239,21 @@ struct AttnJob {
   int64_t nqb;
 };
 
+// Prepares keys [it * kKeyTile, ...) of every head into AttnPlan::keys (items: heads x tiles).
+void keys_body(void* ctx, int64_t b, int64_t e) {
+  const AttnJob& job = *static_cast<const AttnJob*>(ctx);
+  const RopeAttnArgs& a = *job.a;
+  const int64_t tiles = ceil_div(a.Nk, kKeyTile);
+  Arena ar(arena_bytes<float>(a.D), 1);
+  float* row0 = ar.take<float>(a.D);
+  void* keys = const_cast<void*>(job.p.keys);
+  for (int64_t it = b; it < e; ++it) {
+    const int64_t bh = it / tiles, k0 = (it % tiles) * kKeyTile;
+    for (int64_t key = k0; key < min64(a.Nk, k0 + kKeyTile); ++key)
+      prepare_key(a, job.p, bh, key, row0, keys, bh * a.Nk + key);
+  }
+}
+
 void attn_body(void* ctx, int64_t b, int64_t e) {
   const AttnJob& job = *static_cast<const AttnJob*>(ctx);
   Arena ar(AttnScratch::bytes(*job.a, job.p), 0);
@@ -250,6 +280,12 @@ void EDGETAM_ATTN_ENTRY(const RopeAttnArgs& a, const Parallel& par) {
   p.Dvp = round_up(a.Dv, W);
   p.v_direct = !p.dot && a.dtype == kF32 && a.compute == kComputeF32 && a.Dv % W == 0;
   job.nqb = ceil_div(a.Nq, Mb);
+  p.keys = nullptr;
+  if (job.nqb > 1) {  // keys shared by several blocks: rotate and round them once
+    const int64_t elem = p.dot ? 2 : 4;
+    p.keys = thread_scratch(3, bh * a.Nk * a.D * elem);
+    par.run(par.self, bh * ceil_div(a.Nk, kKeyTile), &job, &keys_body);
+  }
   par.run(par.self, bh * job.nqb, &job, &attn_body);
 }
 

@@ -14,29 +14,28 @@ namespace {
 constexpr int64_t kPerceiverKeys = 96;     // keys per tile: a multiple of every MR
 constexpr int64_t kPerceiverQueries = 64;  // queries per block: one micro-tile strip on AVX-512
 
-// One head. Element (c, j) of an operand X lives at X[c * ldX + j]: qt (dk, queries),
-// kt (dk, keys), vt (dv, keys), ot (dv, queries). With pm / pl set, the result is a partial one
-// over this subset of keys, for merge_partials: ot unnormalized, and per query the running max
-// (base-2 logits) in pm and the softmax denominator in pl.
+// One head. Element (c, j) of an operand X lives at X[c * ldX + j]: qt (dk, queries) already
+// scaled by scale * log2(e) (the softmax runs in base 2), kt (dk, keys), vt (dv, keys),
+// ot (dv, queries). With pm / pl set, the result is a partial one over this subset of keys, for
+// merge_partials: ot unnormalized, and per query the running max (base-2 logits) in pm and the
+// softmax denominator in pl.
 struct HeadAttn {
   const float *qt, *kt, *vt;
   float* ot;
   int64_t ldq, ldk, ldv, ldo, nk, dk, dv;
-  float scale;
   float* pm = nullptr;
   float* pl = nullptr;
 };
 
 struct BlockScratch {
-  float *q, *s, *o, *m, *l, *alpha;
-  static int64_t bytes(int64_t dk, int64_t dv) {
+  float *s, *o, *m, *l, *alpha;
+  static int64_t bytes(int64_t dv) {
     const int64_t Q = kPerceiverQueries;
-    return arena_bytes<float>(dk * Q) + arena_bytes<float>(kPerceiverKeys * Q) +
-           arena_bytes<float>(dv * Q) + 3 * arena_bytes<float>(Q);
+    return arena_bytes<float>(kPerceiverKeys * Q) + arena_bytes<float>(dv * Q) +
+           3 * arena_bytes<float>(Q);
   }
-  BlockScratch(Arena& ar, int64_t dk, int64_t dv) {
+  BlockScratch(Arena& ar, int64_t dv) {
     const int64_t Q = kPerceiverQueries;
-    q = ar.take<float>(dk * Q);
     s = ar.take<float>(kPerceiverKeys * Q);
     o = ar.take<float>(dv * Q);
     m = ar.take<float>(Q);
@@ -45,24 +44,23 @@ struct BlockScratch {
   }
 };
 
-// Queries [q0, q0 + nq) (nq <= kPerceiverQueries) of one head; writes exactly those columns of ot.
+// Queries [q0, q0 + nq), nq <= kPerceiverQueries, of one head. Reads query columns up to
+// q0 + round_up(nq, V::W) (lanes past nq: any finite values, never used). A full result is
+// normalized and written to exactly columns [q0, q0 + nq) of ot; a partial one accumulates in
+// ot in place, up to the rounded-up column (callers leave those columns unused).
 void block_attention(const HeadAttn& a, int64_t q0, int64_t nq, BlockScratch& t) {
   constexpr int64_t W = V::W;
   const int64_t ldb = round_up(nq, W);
-  const float c = a.scale * 1.4426950408889634f;  // softmax in base 2, scale folded into Q
-  for (int64_t d = 0; d < a.dk; ++d) {
-    const float* src = a.qt + d * a.ldq + q0;
-    float* dst = t.q + d * ldb;
-    for (int64_t i = 0; i < nq; ++i) dst[i] = src[i] * c;
-    for (int64_t i = nq; i < ldb; ++i) dst[i] = 0.0f;
-  }
+  const bool partial = a.pm != nullptr;
+  float* o = partial ? a.ot + q0 : t.o;
+  const int64_t ldo = partial ? a.ldo : ldb;
   for (int64_t i = 0; i < ldb; ++i) {
     t.m[i] = -__builtin_inff();
     t.l[i] = 0.0f;
   }
   for (int64_t k0 = 0; k0 < a.nk; k0 += kPerceiverKeys) {
     const int64_t nk = min64(kPerceiverKeys, a.nk - k0);
-    gemm<false>(nk, ldb, a.dk, a.kt + k0, 1, a.ldk, t.q, ldb, t.s, ldb, false, nullptr);
+    gemm<false>(nk, ldb, a.dk, a.kt + k0, 1, a.ldk, a.qt + q0, a.ldq, t.s, ldb, false, nullptr);
     for (int64_t i0 = 0; i0 < ldb; i0 += W) {
       const vf mo = V::load(t.m + i0);
       vf mx = V::set1(-__builtin_inff());
@@ -82,26 +80,28 @@ void block_attention(const HeadAttn& a, int64_t q0, int64_t nq, BlockScratch& t)
     }
     if (k0 > 0) {  // rescale the running output's columns (queries)
       for (int64_t d = 0; d < a.dv; ++d) {
-        float* od = t.o + d * ldb;
+        float* od = o + d * ldo;
         for (int64_t i0 = 0; i0 < ldb; i0 += W)
           V::store(od + i0, V::mul(V::load(od + i0), V::load(t.alpha + i0)));
       }
     }
-    gemm<false>(a.dv, ldb, nk, a.vt + k0, a.ldv, 1, t.s, ldb, t.o, ldb, k0 > 0, nullptr);
+    gemm<false>(a.dv, ldb, nk, a.vt + k0, a.ldv, 1, t.s, ldb, o, ldo, k0 > 0, nullptr);
   }
-  if (a.pm) {
+  if (partial) {
     for (int64_t i = 0; i < nq; ++i) {
       a.pm[q0 + i] = t.m[i];
       a.pl[q0 + i] = t.l[i];
     }
-    for (int64_t i = 0; i < nq; ++i) t.l[i] = 1.0f;
-  } else {
-    for (int64_t i = 0; i < nq; ++i) t.l[i] = 1.0f / t.l[i];
+    return;
   }
+  for (int64_t i = 0; i < ldb; ++i) t.l[i] = 1.0f / t.l[i];
+  const int64_t nv = nq / W * W;
   for (int64_t d = 0; d < a.dv; ++d) {
     const float* od = t.o + d * ldb;
     float* dst = a.ot + d * a.ldo + q0;
-    for (int64_t i = 0; i < nq; ++i) dst[i] = od[i] * t.l[i];
+    int64_t i = 0;
+    for (; i < nv; i += W) V::store(dst + i, V::mul(V::load(od + i), V::load(t.l + i)));
+    for (; i < nq; ++i) dst[i] = od[i] * t.l[i];
   }
 }
 
@@ -143,14 +143,14 @@ void merge_partials(int64_t P, int64_t dv, const float* po, int64_t pstride, con
 // Patch latents of one window row jy and one head: latent jy * nw + x / ws attends to the
 // ws x ws tokens of its window. Lane x of a vector over an image row belongs to latent x / ws,
 // so each product runs over whole image rows: s[dy][x] = sum_c q[c][x / ws] k[c][row dy, x].
-// Element (c, j) of qt / ot is at [c * ldq + j] with j the patch latent; kt, vt are
+// Element (c, j) of qt / ot is at [c * ldq + j] with j the patch latent (qt scaled as for
+// block_attention); kt, vt are
 // channel-major over the window row's ws * Wimg tokens (vector reads run up to V::W - 1
 // columns past them: padding).
 struct WindowAttn {
   const float *qt, *kt, *vt;
   float* ot;
   int64_t ldq, ldk, ldo, dh, Wimg, nw, ws;
-  float scale;
 };
 
 struct WindowScratch {
@@ -173,12 +173,11 @@ void window_attention(const WindowAttn& a, int64_t jy, WindowScratch& t) {
   constexpr int64_t W = V::W;
   const int64_t Wimg = a.Wimg, ws = a.ws, Wp = round_up(Wimg, W);
   const int64_t lat0 = jy * a.nw;            // first latent of the window row
-  const float c = a.scale * 1.4426950408889634f;
-  for (int64_t d = 0; d < a.dh; ++d) {  // q expanded along the image row, scale folded in
+  for (int64_t d = 0; d < a.dh; ++d) {  // q expanded along the image row
     const float* src = a.qt + d * a.ldq + lat0;
     float* dst = t.q + d * Wp;
     for (int64_t g = 0; g < a.nw; ++g)
-      for (int64_t x = g * ws; x < (g + 1) * ws; ++x) dst[x] = src[g] * c;
+      for (int64_t x = g * ws; x < (g + 1) * ws; ++x) dst[x] = src[g];
     for (int64_t x = Wimg; x < Wp; ++x) dst[x] = 0.0f;
   }
   for (int64_t dy = 0; dy < ws; ++dy) {

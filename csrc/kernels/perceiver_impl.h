@@ -36,6 +36,14 @@ struct Plan {
   int64_t inner_x;           // widest cross-attention inner dim (partials' row stride)
 };
 
+// Queries are scaled once, by 1 / sqrt(head dim) and log2(e): the softmax runs in base 2.
+inline float softmax_scale(int64_t dh) { return 1.4426950408889634f / std::sqrt(float(dh)); }
+
+void scale_rows(float* x, int64_t ld, int64_t rows, int64_t c0, int64_t c1, float s) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = c0; c < c1; c += V::W) V::store(x + r * ld + c, V::mul(V::load(x + r * ld + c), V::set1(s)));
+}
+
 struct Partials {
   float *o, *m, *l;  // per chunk: (inner_x, ld) outputs, (heads, ld) maxima and sums
 };
@@ -45,7 +53,7 @@ struct TokenScratch {
   float *xs, *kv, *mean, *rstd;
   static int64_t bytes(const PerceiverArgs& a, const Plan& pl, int64_t dh) {
     return arena_bytes<float>(a.C * pl.lc) + arena_bytes<float>(2 * pl.inner_x * pl.lc) +
-           2 * arena_bytes<float>(pl.lc) + BlockScratch::bytes(dh, dh) +
+           2 * arena_bytes<float>(pl.lc) + BlockScratch::bytes(dh) +
            WindowScratch::bytes(dh, a.W, pl.ws);
   }
 };
@@ -56,7 +64,6 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
                  int64_t ci, int64_t dh_max) {
   const int64_t C = a.C, N = pl.N, lc = pl.lc, ld = b.ld, heads = a.heads, dh = inner / heads;
   const int64_t n0 = ci * pl.chunk, len = min64(pl.chunk, N - n0), lenw = round_up(len, V::W);
-  const float scale = 1.0f / std::sqrt(float(dh));
   Arena ar(TokenScratch::bytes(a, pl, dh_max), 1);
   float* xs = ar.take<float>(C * lc);
   float* kv = ar.take<float>(2 * pl.inner_x * lc);
@@ -74,7 +81,7 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
     WindowScratch ws(ar, dh, a.W, pl.ws);
     for (int64_t h = 0; h < heads; ++h) {
       WindowAttn wa{b.q + h * dh * ld + pl.L1, kv + h * dh * lc, kv + (inner + h * dh) * lc,
-                    b.o + h * dh * ld + pl.L1, ld, lc, ld, dh, a.W, pl.nw, pl.ws, scale};
+                    b.o + h * dh * ld + pl.L1, ld, lc, ld, dh, a.W, pl.nw, pl.ws};
       window_attention(wa, ci, ws);
     }
   }
@@ -89,11 +96,11 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
       for (; n < len; ++n) kr[n] += pr[n];
     }
   }
-  BlockScratch bs(ar, dh, dh);
+  BlockScratch bs(ar, dh);
   for (int64_t h = 0; h < heads; ++h) {
     const int64_t slot = ci * heads + h;
     HeadAttn ha{b.q + h * dh * ld, kv + h * dh * lc, kv + (inner + h * dh) * lc,
-                pt.o + (ci * pl.inner_x + h * dh) * ld, ld, lc, lc, ld, len, dh, dh, scale,
+                pt.o + (ci * pl.inner_x + h * dh) * ld, ld, lc, lc, ld, len, dh, dh,
                 pt.m + slot * ld, pt.l + slot * ld};
     for (int64_t q0 = 0; q0 < pl.L1; q0 += kPerceiverQueries)
       block_attention(ha, q0, min64(kPerceiverQueries, pl.L1 - q0), bs);
@@ -120,6 +127,7 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, co
     parallel_cols(par, L, kColChunk, [&](int64_t c0, int64_t c1) {
       ln_channels(b.lat, ld, C, p[0], p[1], a.eps, b.ln, ld, c0, min64(c1, L), b.mean, b.rstd);
       project(inner, C, p[4], b.ln, ld, b.q, ld, c0, c1, false);
+      scale_rows(b.q, ld, inner, c0, c1, softmax_scale(dh));
     });
     EDGETAM_PERCEIVER_STAGE("q_proj");
     parallel_items(par, pl.nchunks, [&](int64_t ci) {
@@ -149,6 +157,7 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, co
       project(inner_s, C, s[3] + inner_s * C, b.ln, ld, b.v, ld, c0, c1, false);
       if (c0 < L1) {
         project(inner_s, C, s[2], b.ln, ld, b.q, ld, c0, c1, false);
+        scale_rows(b.q, ld, inner_s, c0, c1, softmax_scale(dhs));
         project(inner_s, C, s[3], b.ln, ld, b.k, ld, c0, c1, false);
       }
       for (int64_t r = 0; r < inner_s; ++r)  // patch latents: softmax over one key is 1
@@ -157,13 +166,12 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, co
     EDGETAM_PERCEIVER_STAGE("self_proj");
     if (L1) {
       const int64_t nqb = ceil_div(L1, kPerceiverQueries);
-      const float scale = 1.0f / std::sqrt(float(dhs));
       parallel_items(par, a.heads * nqb, [&](int64_t it) {
         const int64_t h = it / nqb, q0 = (it % nqb) * kPerceiverQueries;
-        Arena ar(BlockScratch::bytes(dhs, dhs), 1);
-        BlockScratch bs(ar, dhs, dhs);
+        Arena ar(BlockScratch::bytes(dhs), 1);
+        BlockScratch bs(ar, dhs);
         HeadAttn ha{b.q + h * dhs * ld, b.k + h * dhs * ld, b.v + h * dhs * ld,
-                    b.o + h * dhs * ld, ld, ld, ld, ld, L1, dhs, dhs, scale};
+                    b.o + h * dhs * ld, ld, ld, ld, ld, L1, dhs, dhs};
         block_attention(ha, q0, min64(kPerceiverQueries, L1 - q0), bs);
       });
     }
