@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgetam_kernels.reparam import fold_batchnorm, merge_dw_branches, work_dtype
+
 # RepViT-M1: channels and blocks per stage, MLP expansion 2, 3x3 depth-wise token mixers.
 M1_WIDTHS = (48, 96, 192, 384)
 M1_DEPTHS = (2, 2, 14, 2)
@@ -159,28 +161,27 @@ class Trunk(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
+def _conv(c: nn.Conv2d, weight: Tensor, bias: Tensor) -> nn.Conv2d:
+    conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding,
+                     groups=c.groups, bias=True).to(weight.device, weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+    return conv
+
+
 def _fold(cn: ConvNorm) -> nn.Conv2d:
     """Conv + eval BatchNorm -> one conv with bias."""
-    c, bn = cn.c, cn.bn
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding,
-                     groups=c.groups, bias=True).to(c.weight.device, c.weight.dtype)
-    conv.weight.copy_(c.weight * scale[:, None, None, None])
-    conv.bias.copy_(bn.bias - bn.running_mean * scale)
-    return conv
+    return _conv(cn.c, *fold_batchnorm(cn.c.weight, cn.c.bias, cn.bn))
 
 
-@torch.no_grad()
 def _fold_mixer(m: DwMixer) -> nn.Conv2d:
     """3x3 dw + 1x1 dw + identity -> one 3x3 depth-wise conv."""
-    conv = _fold(m.conv)
-    one = _fold(m.conv1)
-    k = conv.kernel_size[0]
-    centre = k // 2
-    conv.weight[:, :, centre, centre] += one.weight[:, :, 0, 0] + 1.0
-    conv.bias += one.bias
-    return conv
+    wide = work_dtype(m.conv.c.weight)  # round once, at the end
+    w3, b3 = fold_batchnorm(m.conv.c.weight, m.conv.c.bias, m.conv.bn, out_dtype=wide)
+    w1, b1 = fold_batchnorm(m.conv1.c.weight, m.conv1.c.bias, m.conv1.bn, out_dtype=wide)
+    w, b = merge_dw_branches(w3, b3, w1, b1, identity=True)
+    return _conv(m.conv.c, w.to(m.conv.c.weight.dtype), b.to(m.conv.c.weight.dtype))
 
 
 def fuse_(module: nn.Module) -> nn.Module:
