@@ -9,6 +9,8 @@ sits in small adapters: `_adapters_sam2.py` (Meta's `sam2` package / edgetam-dim
 `_adapters_hf.py` (Hugging Face transformers). Each adapter maps a class name to a function
 building the replacement forward; the computation those forwards share (fused projections,
 RoPE attention, LayerNorm, MLP, perceiver layers) is written once in `_adapters_common.py`.
+The image encoder's RepViT (timm's, in both hosts, and our own) gets re-parameterised forwards
+from `_adapters_repvit.py`, gated by the `fuse_encoder` option.
 """
 
 from __future__ import annotations
@@ -20,15 +22,36 @@ import torch
 from torch import nn
 
 _STATE = "_edgetam_kernels_patch"
-_MISSING = object()
 
-# "module.path.ClassName" -> factory(module, options) -> forward function (unbound)
+
+class _Missing:
+    """"No instance forward before patching"; one object even through copy.deepcopy, so a
+    deep copy of a patched model can be unpatched too."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __copy__(self):
+        return self
+
+    def __repr__(self):
+        return "<no instance forward>"
+
+
+_MISSING = _Missing()
+
+# "module.path.ClassName" -> factory(module, state, original) -> forward function (unbound),
+# or None where the factory declines this instance (nothing it can speed up there)
 ADAPTERS: Dict[str, Callable] = {}
+# "module.path.ClassName" -> name of the boolean patch() option that switches the adapter on
+GATES: Dict[str, str] = {}
 
 
-def register_adapter(qualified_class_name: str):
+def register_adapter(qualified_class_name: str, option: Optional[str] = None):
     def deco(factory):
         ADAPTERS[qualified_class_name] = factory
+        if option is not None:
+            GATES[qualified_class_name] = option
         return factory
 
     return deco
@@ -43,6 +66,7 @@ def _load_adapters() -> None:
     from . import _adapters_sam2  # noqa: F401
     from . import _adapters_hf  # noqa: F401
     from . import _adapters_edgetam  # noqa: F401
+    from . import _adapters_repvit  # noqa: F401
 
 
 def is_patched(m: nn.Module) -> bool:
@@ -50,8 +74,12 @@ def is_patched(m: nn.Module) -> bool:
 
 
 def _patch_module(m: nn.Module, options: dict) -> bool:
-    factory = ADAPTERS.get(_class_key(m))
+    key = _class_key(m)
+    factory = ADAPTERS.get(key)
     if factory is None:
+        return False
+    if key in GATES and not options[GATES[key]]:
+        _unpatch_module(m)  # switched off by this call's options (or never on)
         return False
     if is_patched(m):
         m.__dict__[_STATE]["options"] = dict(options)
@@ -59,12 +87,25 @@ def _patch_module(m: nn.Module, options: dict) -> bool:
     state = {"options": dict(options), "forward": m.__dict__.get("forward", _MISSING)}
     original = m.forward  # the bound forward in effect now, used for unsupported configurations
     new_forward = factory(m, state, original)
+    if new_forward is None:
+        return False
     object.__setattr__(m, _STATE, state)
     object.__setattr__(m, "forward", types.MethodType(new_forward, m))
     return True
 
 
-def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = None):
+def _unpatch_module(m: nn.Module) -> None:
+    state = m.__dict__.pop(_STATE, None)
+    if state is None:
+        return
+    if state["forward"] is _MISSING:
+        del m.__dict__["forward"]
+    else:
+        object.__setattr__(m, "forward", state["forward"])
+
+
+def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = None,
+          fuse_encoder: bool = True):
     """Make `obj` (a whole model, a predictor, or a single module) use the fused ops.
 
     Supported: Meta's `sam2` EdgeTAM / SAM 2 / SAM 2.1 models and predictors (their
@@ -74,11 +115,19 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
     EdgeTamVideoMemoryAttention, EdgeTamVideoMemoryAttentionLayer, EdgeTamVideoRoPESelfAttention,
     EdgeTamVideoRoPECrossAttention). Any of those modules can also be patched alone.
     Returns `obj`. Patching again only updates the options; `unpatch` restores the original.
+    `patched_modules(obj)` lists what was patched.
 
     backend: "auto" | "reference" | "cpu" | "triton" | "metal" for every patched op.
     compute_dtype: optional precision of memory attention's matmuls (projections, attention,
     MLP), e.g. torch.bfloat16 with an fp32 model: LayerNorms, the residual stream and the
     module's output stay fp32. None keeps the input dtype. Accuracy: docs/patch.md.
+    fuse_encoder: run the RepViT image encoder (timm's RepViT in Meta's and HF's models, and
+    our own edgetam/ model when not fused already) re-parameterised: BatchNorms folded into
+    their convs and each token mixer's 3x3 + 1x1 + identity branches merged into one conv,
+    channels-last on CPU. The fused weights are copies kept beside the module's own (its
+    parameters and state dict are untouched), recomputed when those change; training mode or
+    gradients flowing into the weights run the original forward. False leaves the encoder
+    (and switches off an earlier fuse_encoder=True).
     """
     from ._registry import requested
 
@@ -89,13 +138,15 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
             f"got {type(obj).__name__}"
         )
     _load_adapters()
-    options = {"backend": backend, "compute_dtype": compute_dtype}
+    options = {"backend": backend, "compute_dtype": compute_dtype,
+               "fuse_encoder": bool(fuse_encoder)}
     count = sum(_patch_module(m, options) for m in obj.modules())
     if count == 0:
         found = sorted({_class_key(m) for m in obj.modules()})[:12]
         raise TypeError(
             f"patch() found nothing to patch in {type(obj).__name__}: none of its modules is an "
-            f"EdgeTAM perceiver or RoPE attention this library knows. Modules found: {found}"
+            f"EdgeTAM perceiver, RoPE attention or RepViT encoder this library knows (or "
+            f"fuse_encoder=False left the encoder). Modules found: {found}"
         )
     return obj
 
@@ -105,13 +156,7 @@ def unpatch(obj):
     if not isinstance(obj, nn.Module):
         raise TypeError(f"unpatch() takes an nn.Module, got {type(obj).__name__}")
     for m in obj.modules():
-        state = m.__dict__.pop(_STATE, None)
-        if state is None:
-            continue
-        if state["forward"] is _MISSING:
-            del m.__dict__["forward"]
-        else:
-            object.__setattr__(m, "forward", state["forward"])
+        _unpatch_module(m)
     return obj
 
 

@@ -54,6 +54,25 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
+@torch.no_grad()
+def randomize_batchnorm_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial statistics and affine parameters for every BatchNorm in `module`.
+
+    timm initialises running mean 0, variance 1, weight 1 (0 on the last conv of each RepViT
+    MLP) and bias 0: BatchNorm is then nearly the identity and the MLP branches vanish, so a
+    wrong BatchNorm fold would go unnoticed. Weights 0.5-1.1 keep activations O(1) through the
+    residual stages."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.weight.copy_(0.5 + 0.6 * torch.rand(n, generator=g))
+            m.bias.copy_(0.2 * torch.randn(n, generator=g))
+            m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+            m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
+    return module
+
+
 # ---------------------------------------------------------------------------------------------
 # Meta (package `sam2` from edgetam-dimos)
 # ---------------------------------------------------------------------------------------------
@@ -445,18 +464,23 @@ def _clone_tree(x):
 
 
 def memoize_image_encoder(model) -> None:
-    """Remember the image encoder's output per input image (by content) on this model
-    instance: e2e tests run each clip unpatched and patched, and edgetam_kernels never touches
-    the image encoder, so computing it once per frame halves their CPU time. Outputs are
+    """Remember the image encoder's output per input image (by content) and per patch state of
+    the encoder on this model instance: e2e tests run each clip unpatched and patched, and each
+    encoder state computes a frame once. (With patch(..., fuse_encoder=False) the encoder is
+    untouched and unpatched outputs are reused, which halves those tests' CPU time.) Outputs are
     handed out as fresh copies so no run can alter another's. Meta: `forward_image`; HF:
     `get_image_features`."""
+    from edgetam_kernels.patch import is_patched
+
     name = "forward_image" if hasattr(model, "forward_image") else "get_image_features"
+    encoder = model.image_encoder if hasattr(model, "image_encoder") else model.vision_encoder
     original = getattr(model, name)
     memo = {}
 
     @functools.wraps(original)
     def cached(pixels, *args, **kwargs):
-        key = (_content_key(pixels), args, tuple(sorted(kwargs.items())))
+        fused = any(is_patched(m) for m in encoder.modules())
+        key = (fused, _content_key(pixels), args, tuple(sorted(kwargs.items())))
         if key not in memo:
             memo[key] = original(pixels, *args, **kwargs)
         return _clone_tree(memo[key])

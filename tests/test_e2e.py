@@ -2,15 +2,17 @@
 
 Same random weights (one model, run unpatched, then patched, then unpatched again), a 10-frame
 clip of random frames, object-score bias forced positive (RECIPES) so that masks and object
-pointers flow into memory. Every tracked frame must give:
+pointers flow into memory, the image encoder's BatchNorms given random statistics (so that the
+re-parameterised encoder of patch's fuse_encoder=True is tested). Every tracked frame must give:
 - mask logits within 1e-3 absolute (and, since random weights give small logits, relative L2
   under 1e-4), binarised masks agreeing on >= 99.9 % of pixels;
 - the same memory features (Meta stores them in bfloat16: equal up to one bf16 rounding step)
   and object pointers (1e-4 absolute).
 
 CPU budget: the full prompt/object matrix runs at 512; at 1024 one case per model runs in CI,
-the rest is marked slow. The image encoder (which patch() does not touch) is computed once per
-frame and reused by every run on the same clip (tests/_models.memoize_image_encoder).
+the rest is marked slow. The image encoder is computed once per frame and encoder state
+(unpatched, or re-parameterised by patch's default fuse_encoder=True) and reused by every run on
+the same clip (tests/_models.memoize_image_encoder).
 """
 
 from dataclasses import dataclass, field
@@ -140,7 +142,9 @@ def model(kind: str, size: int):
         m = M.meta_video_predictor(size) if kind == "meta" else M.hf_model(size)
         if kind == "meta":  # without this Meta cannot track several objects at once
             M.fix_meta_perceiver_batch_(m)
-        M.memoize_image_encoder(m)  # not patched by us: compute it once per frame
+        # non-trivial BatchNorms, so that patch's folded encoder is really tested
+        M.randomize_batchnorm_(m.image_encoder if kind == "meta" else m.vision_encoder, seed=size)
+        M.memoize_image_encoder(m)  # compute it once per frame and encoder patch state
         _MODELS[key] = m
     assert not patched_modules(_MODELS[key])
     return _MODELS[key]

@@ -126,7 +126,10 @@ def test_whole_meta_predictor():
     assert expected <= names
     # the mask decoder's plain attentions lose the forced SDPA math path
     assert any(n.startswith("sam_mask_decoder.transformer") for n in names)
-    assert not any(n.startswith("image_encoder") for n in names)
+    # the RepViT trunk (fuse_encoder=True, the default; tests/test_patch_encoder.py), not the
+    # FPN neck
+    assert "image_encoder.trunk.body.stages_1.blocks.0.token_mixer" in names
+    assert not any(n.startswith("image_encoder.neck") for n in names)
     ek.unpatch(predictor)
     _no_trace_of_patch(predictor)
 
@@ -138,6 +141,7 @@ def test_whole_hf_model():
     assert {"memory_attention", "memory_attention.layers.0", "memory_attention.layers.1.self_attn",
             "memory_attention.layers.1.cross_attn_image", "spatial_perceiver",
             "spatial_perceiver.layers.1"} <= names
+    assert "vision_encoder.backbone.timm_model.stem.conv1" in names
     ek.unpatch(model)
     _no_trace_of_patch(model)
 

@@ -1,0 +1,294 @@
+"""Re-parameterised forwards for the RepViT image encoder (patch option `fuse_encoder`).
+
+Meta's EdgeTAM (sam2.modeling.backbones.timm.TimmBackbone) and Hugging Face's (timm_wrapper)
+both run timm's `repvit_m1` as a `features_only` FeatureListNet; our own edgetam/ model has the
+same blocks in `edgetam/repvit.py`. Patched here, for both families of classes:
+
+- ConvNorm (conv without bias + BatchNorm2d): one conv with the BatchNorm folded in.
+- RepVggDw / DwMixer (the token mixer: 3x3 depth-wise ConvNorm + 1x1 depth-wise branch +
+  identity, timm's non-legacy variant with a BatchNorm after the sum): one 3x3 depth-wise conv.
+- NormLinear (timm's classifier head, BatchNorm1d then Linear): one linear layer.
+- RepVitMlp / RepVitStem / ConvMlp / Stem (conv, GELU, conv): on channels-last tensors the GELU
+  runs on the NHWC view (oneDNN's kernel, as for the NCHW original; see `_gelu`).
+- The network itself (FeatureListNet holding a RepViT, timm's RepVit, our RepViT): on CPU the
+  input is made channels-last, so every conv runs on NHWC (oneDNN's native layout: no reorders
+  per conv); outputs are handed back contiguous, as the host code expects.
+
+The math is `edgetam_kernels.reparam` (shared with `edgetam.repvit.fuse_`). The module's own
+parameters are never touched: the fused weights live in the patch state (not in the state
+dict, not among the module's buffers) and are recomputed whenever a source tensor changed
+(identity, in-place version, dtype or device), e.g. after `load_state_dict` or `.to()`. The
+original forward runs in training mode (BatchNorm then uses batch statistics) and when
+gradients are wanted for any of the weights (the fused copies are not differentiable views of
+them), so the result is never silently different from the host's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .patch import _class_key, register_adapter
+from .reparam import fold_batchnorm, fold_batchnorm_into_linear, merge_dw_branches, work_dtype
+
+_OPTION = "fuse_encoder"
+_TIMM = "timm.models.repvit"
+_OURS = "edgetam.repvit"
+# Devices whose convs get channels-last inputs: measured faster on x86-64 CPUs (oneDNN);
+# elsewhere the layout is left as the host has it.
+CHANNELS_LAST_DEVICES = ("cpu",)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused-weight cache
+# ---------------------------------------------------------------------------------------------
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors keep no version counter (and cannot change)
+        return -1
+
+
+def _key(tensors) -> tuple:
+    return tuple(None if t is None else (t.data_ptr(), _version(t), t.dtype, t.device)
+                 for t in tensors)
+
+
+def _fused(state: dict, sources: tuple, extra: tuple, compute):
+    """compute()'s result, cached in the patch state until a source tensor changes."""
+    key = _key(sources) + extra
+    cached = state.get("fused")
+    if cached is None or cached[0] != key:
+        # normal (not inference) tensors: usable later outside inference_mode too
+        with torch.inference_mode(False), torch.no_grad():
+            cached = (key, compute())
+        state["fused"] = cached
+    return cached[1]
+
+
+def _is_bn(m, cls=nn.BatchNorm2d) -> bool:
+    return isinstance(m, cls) and m.running_mean is not None and m.running_var is not None
+
+
+def _bn_sources(bn) -> tuple:
+    return (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+
+
+def _usable(modules, sources) -> bool:
+    """Eval mode everywhere, running statistics present, and no gradient wanted for a weight."""
+    if any(m.training for m in modules):
+        return False
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not _is_bn(m, type(m))
+           for m in modules):
+        return False
+    return not (torch.is_grad_enabled()
+                and any(t is not None and t.requires_grad for t in sources))
+
+
+def _plain_conv(c) -> bool:
+    return isinstance(c, nn.Conv2d) and c.padding_mode == "zeros"
+
+
+# ---------------------------------------------------------------------------------------------
+# Conv + BatchNorm
+# ---------------------------------------------------------------------------------------------
+
+
+def _conv_norm(module, state, original):
+    if not (_plain_conv(module.c) and _is_bn(module.bn)):
+        return None
+
+    def forward(self, x):
+        c, bn = self.c, self.bn
+        sources = (c.weight, c.bias) + _bn_sources(bn)
+        if not _usable((self, c, bn), sources):
+            return original(x)
+        w, b = _fused(state, sources, (bn.eps,), lambda: fold_batchnorm(c.weight, c.bias, bn))
+        return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
+
+    return forward
+
+
+register_adapter(f"{_TIMM}.ConvNorm", _OPTION)(_conv_norm)
+register_adapter(f"{_OURS}.ConvNorm", _OPTION)(_conv_norm)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token mixer: 3x3 dw + 1x1 dw + identity (+ BatchNorm) -> one 3x3 dw conv
+# ---------------------------------------------------------------------------------------------
+
+
+def _branch(m):
+    """(conv, bn or None) of a ConvNorm or a plain conv; None if neither."""
+    if _plain_conv(getattr(m, "c", None)) and _is_bn(getattr(m, "bn", None)):
+        return m.c, m.bn
+    if _plain_conv(m):
+        return m, None
+    return None
+
+
+def _post_bn(module):
+    """The BatchNorm after the branch sum (timm's non-legacy RepVggDw), None if none."""
+    bn = getattr(module, "bn", None)
+    if bn is None or isinstance(bn, nn.Identity):
+        return None
+    return bn if _is_bn(bn) else False
+
+
+def _mergeable(module) -> bool:
+    big, small = _branch(module.conv), _branch(module.conv1)
+    if big is None or small is None or _post_bn(module) is False:
+        return False
+    c, c1 = big[0], small[0]
+    ch = c.out_channels
+    kh, kw = c.kernel_size
+    return (
+        c.in_channels == ch == c.groups and c1.in_channels == ch == c1.out_channels == c1.groups
+        and kh % 2 == 1 and kw % 2 == 1 and c.padding == (kh // 2, kw // 2)
+        and c.stride == (1, 1) and c.dilation == (1, 1)
+        and c1.kernel_size == (1, 1) and c1.stride == (1, 1) and c1.padding == (0, 0)
+    )
+
+
+def _merged_weights(module):
+    (c, bn), (c1, bn1), post = _branch(module.conv), _branch(module.conv1), _post_bn(module)
+    wide = work_dtype(c.weight)  # chain the folds in float64, round once
+    w3, b3 = fold_batchnorm(c.weight, c.bias, bn, out_dtype=wide)
+    if bn1 is not None:
+        w1, b1 = fold_batchnorm(c1.weight, c1.bias, bn1, out_dtype=wide)
+    else:
+        w1, b1 = c1.weight, c1.bias
+    w, b = merge_dw_branches(w3, b3, w1, b1, identity=True, out_dtype=wide)
+    if post is not None:
+        w, b = fold_batchnorm(w, b, post, out_dtype=wide)
+    return w.to(c.weight.dtype), b.to(c.weight.dtype)
+
+
+def _token_mixer(module, state, original):
+    if not _mergeable(module):
+        return None  # its ConvNorms still get patched one by one
+
+    def forward(self, x):
+        (c, bn), (c1, bn1), post = _branch(self.conv), _branch(self.conv1), _post_bn(self)
+        norms = tuple(n for n in (bn, bn1, post) if n is not None)
+        sources = (c.weight, c.bias, c1.weight, c1.bias) + sum(map(_bn_sources, norms), ())
+        if not _usable((self, c, c1) + norms, sources):
+            return original(x)
+        eps = tuple(n.eps for n in norms)
+        w, b = _fused(state, sources, eps, lambda: _merged_weights(self))
+        return F.conv2d(x, w, b, 1, c.padding, 1, c.groups)
+
+    return forward
+
+
+register_adapter(f"{_TIMM}.RepVggDw", _OPTION)(_token_mixer)
+register_adapter(f"{_OURS}.DwMixer", _OPTION)(_token_mixer)
+
+
+# ---------------------------------------------------------------------------------------------
+# conv, GELU, conv (the MLPs and the stem): GELU on channels-last tensors as NHWC
+# ---------------------------------------------------------------------------------------------
+
+
+def _nhwc(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+        memory_format=torch.channels_last)
+
+
+def _gelu(y: torch.Tensor, approximate: str) -> torch.Tensor:
+    """GELU of a channels-last tensor through its contiguous NHWC view: for such tensors
+    ATen's own (value-dependent, several times slower) kernel runs instead of oneDNN's, which
+    the NCHW original gets. Elementwise, so the same function."""
+    if _nhwc(y):
+        return F.gelu(y.permute(0, 2, 3, 1), approximate=approximate).permute(0, 3, 1, 2)
+    return F.gelu(y, approximate=approximate)
+
+
+def _activation(module):
+    """The module's GELU, or "F.gelu" where it calls it directly (ours), or None (other)."""
+    act = module._modules.get("act", module._modules.get("act1", "F.gelu"))
+    return act if act == "F.gelu" or type(act) is nn.GELU else None
+
+
+def _conv_gelu_conv(module, state, original):
+    if _activation(module) is None:
+        return None
+
+    def forward(self, x):
+        act = _activation(self)
+        if act is None or not _nhwc(x):
+            return original(x)
+        y = self.conv1(x)
+        return self.conv2(_gelu(y, "none" if act == "F.gelu" else act.approximate))
+
+    return forward
+
+
+register_adapter(f"{_TIMM}.RepVitMlp", _OPTION)(_conv_gelu_conv)
+register_adapter(f"{_TIMM}.RepVitStem", _OPTION)(_conv_gelu_conv)
+register_adapter(f"{_OURS}.ConvMlp", _OPTION)(_conv_gelu_conv)
+register_adapter(f"{_OURS}.Stem", _OPTION)(_conv_gelu_conv)
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm1d + Linear (timm's classifier head)
+# ---------------------------------------------------------------------------------------------
+
+
+@register_adapter(f"{_TIMM}.NormLinear", _OPTION)
+def _norm_linear(module, state, original):
+    if not (_is_bn(module.bn, nn.BatchNorm1d) and isinstance(module.l, nn.Linear)):
+        return None
+
+    def forward(self, x):
+        bn, lin = self.bn, self.l
+        sources = _bn_sources(bn) + (lin.weight, lin.bias)
+        if x.dim() != 2 or not _usable((self, bn, lin), sources):
+            return original(x)
+        w, b = _fused(state, sources, (bn.eps,),
+                      lambda: fold_batchnorm_into_linear(bn, lin.weight, lin.bias))
+        return F.linear(x, w, b)
+
+    return forward
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole network: channels-last on CPU
+# ---------------------------------------------------------------------------------------------
+
+
+def _contiguous(out):
+    if isinstance(out, torch.Tensor):
+        return out.contiguous()
+    if isinstance(out, (list, tuple)) and not hasattr(out, "_fields"):
+        return type(out)(_contiguous(o) for o in out)
+    if isinstance(out, dict):
+        return type(out)((k, _contiguous(v)) for k, v in out.items())
+    return out
+
+
+def _channels_last(module, state, original):
+    def forward(self, x, *args, **kwargs):
+        if (self.training or not isinstance(x, torch.Tensor) or x.dim() != 4
+                or x.device.type not in CHANNELS_LAST_DEVICES
+                or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
+            return original(x, *args, **kwargs)  # where the fused layers fall back too
+        return _contiguous(original(x.contiguous(memory_format=torch.channels_last),
+                                    *args, **kwargs))
+
+    return forward
+
+
+register_adapter(f"{_TIMM}.RepVit", _OPTION)(_channels_last)
+register_adapter(f"{_OURS}.RepViT", _OPTION)(_channels_last)
+
+
+@register_adapter("timm.models._features.FeatureListNet", _OPTION)
+def _feature_list_net(module, state, original):
+    """timm's `features_only` wrapper: only where it wraps a RepViT (EdgeTAM's trunk)."""
+    if not any(_class_key(m).startswith(_TIMM + ".") for m in module.modules()):
+        return None
+    return _channels_last(module, state, original)
