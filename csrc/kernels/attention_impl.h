@@ -8,8 +8,11 @@
 //   per key tile of NT keys: rotate the keys as they are loaded (EdgeTAM / SAM 2 rule: frames of
 //         k_frame tokens whose last k_nrot are rotated on the k grid; trailing keys never),
 //         S^T = K Q^T [NT x Mb], online softmax down the columns (one query per lane: no
-//         horizontal reductions), O = alpha * O + P V with alpha folded into the O load.
-// No rotated copy of q or k ever exists beyond the tile being used.
+//         horizontal reductions), O^T = alpha O^T + V^T P^T [Dv x Mb] with V read in place as
+//         the broadcast operand (faster than O = P V, whose broadcast operand P^T is re-read
+//         for every strip of O); O transposed back once per block.
+// Keys are rotated once per head when several query blocks share them (AttnPlan::keys), else
+// per tile; queries once per block.
 #pragma once
 #include "common.h"
 
@@ -57,7 +60,8 @@ struct AttnScratch {
     return 2 * arena_bytes<float>(rowlen) + arena_bytes<float>(a.D * p.ldq) +
            arena_bytes<float>(kKeyTile * a.D) + arena_bytes<float>(kKeyTile * p.ldq) +
            arena_bytes<float>((kKeyTile / 2 + 1) * p.ldq) +
-           arena_bytes<float>((kKeyTile + 1) * p.Dvp) + arena_bytes<float>(p.ldq * p.Dvp) +
+           arena_bytes<float>(max64(kKeyTile + 1, 16) * p.Dvp) +
+           arena_bytes<float>(p.ldq * p.Dvp) +
            3 * arena_bytes<float>(p.ldq);
   }
   AttnScratch(Arena& ar, const RopeAttnArgs& a, const AttnPlan& p) {
@@ -68,7 +72,7 @@ struct AttnScratch {
     kr = ar.take<float>(kKeyTile * a.D);
     s = ar.take<float>(kKeyTile * p.ldq);
     pp = ar.take<float>((kKeyTile / 2 + 1) * p.ldq);
-    vb = ar.take<float>((kKeyTile + 1) * p.Dvp);
+    vb = ar.take<float>(max64(kKeyTile + 1, 16) * p.Dvp);
     o = ar.take<float>(p.ldq * p.Dvp);
     m = ar.take<float>(p.ldq);
     l = ar.take<float>(p.ldq);
@@ -138,7 +142,6 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
     s.m[i] = -__builtin_inff();
     s.l[i] = 0.0f;
   }
-  std::memset(s.o, 0, sizeof(float) * size_t(nq * Dvp));
   const vf cmul = V::set1(a.scale * kLog2e);
 
   for (int64_t k0 = 0; k0 < a.Nk; k0 += kKeyTile) {
@@ -159,27 +162,37 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
       gemm<1>(nk, ldq, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     else
       gemm<false>(nk, ldq, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
-    // Online softmax down each column (query).
+    // Online softmax down each column (query), the running max raised lazily (kLazyMax).
+    bool rescale = false;
     for (int64_t i0 = 0; i0 < ldq; i0 += W) {
-      vf mo = V::load(s.m + i0);
+      const vf mo = V::load(s.m + i0);
       vf mx = V::set1(-__builtin_inff());
-      for (int64_t j = 0; j < nk; ++j) mx = V::max(mx, V::mul(V::load(s.s + j * ldq + i0), cmul));
-      vf mn = V::max(mo, mx);
-      vf alpha = V::exp2(V::sub(mo, mn));
+      for (int64_t j = 0; j < nk; ++j) mx = V::max(mx, V::load(s.s + j * ldq + i0));
+      const vf mn = V::max(mo, V::sub(V::mul(mx, cmul), V::set1(kLazyMax)));
+      const vf neg = V::sub(V::zero(), mn);
       vf sum = V::zero();
       for (int64_t j = 0; j < nk; ++j) {
         float* sp = s.s + j * ldq + i0;
-        vf pj = V::exp2(V::sub(V::mul(V::load(sp), cmul), mn));
+        vf pj = V::exp2(V::fma(V::load(sp), cmul, neg));
         if (!dot && cmp == kComputeBF16) pj = V::round_bf16(pj);
         if (!dot && cmp == kComputeF16) pj = V::round_f16(pj);
         V::store(sp, pj);
         sum = V::add(sum, pj);
       }
+      const vf alpha = V::exp2(V::sub(mo, mn));
       V::store(s.l + i0, V::fma(V::load(s.l + i0), alpha, sum));
       V::store(s.m + i0, mn);
       V::store(s.alpha + i0, alpha);
+      rescale = rescale || !(V::hmax(V::sub(mn, mo)) == 0.0f);  // NaN: rescale (harmless)
     }
-    // V operand.
+    if (k0 > 0 && rescale) {  // O^T columns (queries) by alpha
+      for (int64_t d = 0; d < Dv; ++d) {
+        float* od = s.o + d * ldq;
+        for (int64_t i0 = 0; i0 < ldq; i0 += W)
+          V::store(od + i0, V::mul(V::load(od + i0), V::load(s.alpha + i0)));
+      }
+    }
+    // V operand (A of O^T += V^T P^T: element (channel c, key j) at vsrc[c + j * ldv]).
     const float* vsrc;
     int64_t ldv = Dvp;
     const int64_t kp = dot ? (nk + 1) / 2 : nk;
@@ -189,11 +202,11 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
       const vf z = V::zero();
       for (int64_t jp = 0; jp < kp; ++jp) {
         const bool has2 = 2 * jp + 1 < nk;
-        for (int64_t i0 = 0; i0 < ldq; i0 += W) {
+        for (int64_t i0 = 0; i0 < ldq; i0 += W) {  // P pairs: the B operand
           const vf lo = V::load(s.s + 2 * jp * ldq + i0);
           const vf hi = has2 ? V::load(s.s + (2 * jp + 1) * ldq + i0) : z;
           if (p.f16)
-            V::store_pairs_f16(pp + jp * ldq + i0, lo, hi);
+            V::store_pairs_f16_planar(pp + jp * ldq + i0, lo, hi);
           else
             V::store_pairs(pp + jp * ldq + i0, lo, hi);
         }
@@ -201,9 +214,9 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
         std::memset(s.row1, 0, sizeof(float) * size_t(Dvp));
         load_row(a.v, a.dtype, (bh * a.Nk + k0 + 2 * jp) * Dv, Dv, s.row0);
         if (has2) load_row(a.v, a.dtype, (bh * a.Nk + k0 + 2 * jp + 1) * Dv, Dv, s.row1);
-        for (int64_t c = 0; c < Dvp; c += W) {
+        for (int64_t c = 0; c < Dvp; c += W) {  // V pairs: the broadcast A operand
           if (p.f16)
-            V::store_pairs_f16_planar(vp + jp * Dvp + c, V::load(s.row0 + c), V::load(s.row1 + c));
+            V::store_pairs_f16(vp + jp * Dvp + c, V::load(s.row0 + c), V::load(s.row1 + c));
           else
             V::store_pairs(vp + jp * Dvp + c, V::load(s.row0 + c), V::load(s.row1 + c));
         }
@@ -216,21 +229,27 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
       for (int64_t j = 0; j < nk; ++j) {
         float* row = s.vb + j * Dvp;
         load_row(a.v, a.dtype, (bh * a.Nk + k0 + j) * Dv, Dv, row);
-        std::memset(row + Dv, 0, sizeof(float) * size_t(Dvp - Dv));
         round_row(row, Dv, cmp);
       }
       vsrc = s.vb;
     }
-    // O = alpha * O + P V
+    // O^T = alpha O^T + V^T P^T (first tile: no accumulation)
     if (dot && p.f16)
-      gemm<2>(nq, Dvp, kp, s.pp, 1, ldq, vsrc, ldv, s.o, Dvp, true, s.alpha);
+      gemm<2>(Dv, ldq, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
     else if (dot)
-      gemm<1>(nq, Dvp, kp, s.pp, 1, ldq, vsrc, ldv, s.o, Dvp, true, s.alpha);
+      gemm<1>(Dv, ldq, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
     else
-      gemm<false>(nq, Dvp, kp, s.s, 1, ldq, vsrc, ldv, s.o, Dvp, true, s.alpha);
+      gemm<false>(Dv, ldq, kp, vsrc, 1, ldv, s.s, ldq, s.o, ldq, k0 > 0, nullptr);
   }
-  for (int64_t i = 0; i < nq; ++i)
-    store_row(s.o + i * Dvp, 1.0f / s.l[i], a.dtype, (bh * a.Nq + q0 + i) * Dv, Dv, a.out);
+  // O = (O^T)^T / l, a 16-query slab at a time through rows of the (now free) V buffer.
+  for (int64_t i = 0; i < nq; ++i) s.l[i] = 1.0f / s.l[i];
+  for (int64_t i0 = 0; i0 < nq; i0 += 16) {
+    const int64_t ni = min64(16, nq - i0);
+    for (int64_t d = 0; d < Dv; ++d)
+      for (int64_t i = 0; i < ni; ++i) s.vb[i * Dvp + d] = s.o[d * ldq + i0 + i];
+    for (int64_t i = 0; i < ni; ++i)
+      store_row(s.vb + i * Dvp, s.l[i0 + i], a.dtype, (bh * a.Nq + q0 + i0 + i) * Dv, Dv, a.out);
+  }
 }
 
 struct AttnJob {

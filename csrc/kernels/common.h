@@ -15,6 +15,12 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+// Online softmax (the attentions): the running max is raised only when a score exceeds it by
+// more than this many log2 units, and then to that score minus it. The result is exact all
+// the same (the max only keeps exp from overflowing; probabilities stay <= 2^kLazyMax), and the
+// max soon stops moving, so the running output is rarely rescaled.
+constexpr float kLazyMax = 8.0f;
+
 // Per-thread scratch blocks, kept between calls: a fresh malloc of a few MB is an mmap whose
 // pages fault in on first touch, every call. Slots let nested users on one thread coexist.
 struct ScratchSlot {

@@ -61,11 +61,13 @@ void block_attention(const HeadAttn& a, int64_t q0, int64_t nq, BlockScratch& t)
   for (int64_t k0 = 0; k0 < a.nk; k0 += kPerceiverKeys) {
     const int64_t nk = min64(kPerceiverKeys, a.nk - k0);
     gemm<false>(nk, ldb, a.dk, a.kt + k0, 1, a.ldk, a.qt + q0, a.ldq, t.s, ldb, false, nullptr);
+    // Online softmax down the columns, the running max raised lazily (kLazyMax).
+    bool rescale = false;
     for (int64_t i0 = 0; i0 < ldb; i0 += W) {
       const vf mo = V::load(t.m + i0);
       vf mx = V::set1(-__builtin_inff());
       for (int64_t j = 0; j < nk; ++j) mx = V::max(mx, V::load(t.s + j * ldb + i0));
-      const vf mn = V::max(mo, mx);
+      const vf mn = V::max(mo, V::sub(mx, V::set1(kLazyMax)));
       vf sum = V::zero();
       for (int64_t j = 0; j < nk; ++j) {
         float* sp = t.s + j * ldb + i0;
@@ -77,8 +79,9 @@ void block_attention(const HeadAttn& a, int64_t q0, int64_t nq, BlockScratch& t)
       V::store(t.l + i0, V::fma(V::load(t.l + i0), alpha, sum));
       V::store(t.m + i0, mn);
       V::store(t.alpha + i0, alpha);
+      rescale = rescale || !(V::hmax(V::sub(mn, mo)) == 0.0f);
     }
-    if (k0 > 0) {  // rescale the running output's columns (queries)
+    if (k0 > 0 && rescale) {  // rescale the running output's columns (queries)
       for (int64_t d = 0; d < a.dv; ++d) {
         float* od = o + d * ldo;
         for (int64_t i0 = 0; i0 < ldb; i0 += W)
