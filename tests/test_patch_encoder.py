@@ -281,3 +281,15 @@ def test_our_model_keeps_fusing():
 
     for b, p, f, q in zip(flat(base), flat(patched), flat(fused), flat(both)):
         assert rel_l2(p, b) < FP32_REL_L2 and rel_l2(q, f) < FP32_REL_L2
+
+
+def test_compile_fullgraph():
+    """torch.compile(fullgraph=True) through the patched trunk: the folds are traced into the
+    graph (the cache's pointer checks are skipped while compiling)."""
+    module, x = _timm_trunk(), _image(64)
+    with torch.no_grad():
+        ref = _run(copy.deepcopy(module).double(), x.double())
+        ek.patch(module)
+        torch._dynamo.reset()
+        out = torch.compile(module, fullgraph=True, backend="eager")(x)
+    assert max(rel_l2(o, r) for o, r in zip(out, ref)) < FP32_REL_L2
