@@ -18,15 +18,16 @@ using torch::stable::Tensor;
 
 namespace {
 
-// Work items are handed out dynamically (an atomic counter, about 4 chunks per thread) rather
-// than split statically: on a shared machine a descheduled thread then delays only its chunk.
+// Work items are handed out dynamically (an atomic counter) rather than split statically: on a
+// shared machine a descheduled thread then delays only its item. The kernels' items are coarse
+// (a block of queries, a chunk of tokens), so they go one at a time unless there are many.
 void torch_run(void*, int64_t n, void* ctx, void (*body)(void*, int64_t, int64_t)) {
   const int64_t threads = int64_t(torch::stable::get_num_threads());
   if (threads <= 1 || n <= 1) {
     body(ctx, 0, n);
     return;
   }
-  const int64_t chunk = (n + 4 * threads - 1) / (4 * threads);
+  const int64_t chunk = n <= 256 ? 1 : (n + 16 * threads - 1) / (16 * threads);
   std::atomic<int64_t> next{0};
   torch::stable::parallel_for(0, threads < n ? threads : n, 1, [&](int64_t, int64_t) {
     for (;;) {

@@ -31,9 +31,11 @@ struct V {
   static f abs(f a) { return _mm512_abs_ps(a); }
   static f max(f a, f b) { return _mm512_max_ps(a, b); }  // NaN in b wins
   static f swap_pairs(f x) { return _mm512_permute_ps(x, 0xb1); }
+  // 2^x = 2^n p(x - n) with vscalefps doing the 2^n (overflow to inf included). Below -125 the
+  // result is about 2^-125, not 0: still a normal number (denormals would stall later FMAs),
+  // and negligible wherever it is summed with the softmax's terms of 1 and more.
   static f exp2(f x) {
-    x = _mm512_max_ps(_mm512_set1_ps(-127.0f), x);  // operand order keeps NaN
-    x = _mm512_min_ps(_mm512_set1_ps(128.0f), x);
+    x = _mm512_max_ps(_mm512_set1_ps(-125.0f), x);  // operand order keeps NaN
     f n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     f t = _mm512_sub_ps(x, n);
     f p = _mm512_set1_ps(1.5252734e-05f);
@@ -44,8 +46,7 @@ struct V {
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(2.4022651e-01f));
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(6.9314718e-01f));
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(e, 23)));
+    return _mm512_scalef_ps(p, n);
   }
   static float hsum(f x) { return _mm512_reduce_add_ps(x); }
   static float hmax(f x) { return _mm512_reduce_max_ps(x); }
