@@ -116,11 +116,21 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
 def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth, heads=1,
                       use_self_attn=True, eps=1e-5):
     # The perceiver kernel computes in fp32 (it is about 1 % of a frame); other dtypes convert.
-    f = lambda t: None if t is None else t.detach().to(torch.float32).contiguous()  # noqa: E731
-    out = _ops.spatial_perceiver(f(x), f(pos), f(latents_1d), f(latents_2d),
-                                 [f(w) for w in weights], f(norm_w), f(norm_b), int(depth),
-                                 int(heads), bool(use_self_attn), float(eps))
-    return out.to(x.dtype)
+    # 40-odd weights per call: skip the no-op conversions (each is a dispatcher round trip).
+    out = _ops.spatial_perceiver(_f32(x), _f32(pos), _f32(latents_1d), _f32(latents_2d),
+                                 [_f32(w) for w in weights], _f32(norm_w), _f32(norm_b),
+                                 int(depth), int(heads), bool(use_self_attn), float(eps))
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def _f32(t):
+    # No detach: the op runs below autograd (the public op differentiates through the
+    # reference), and the raw kernel only reads the data.
+    if t is None:
+        return None
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _tensors(args):
