@@ -3,8 +3,9 @@
     python bench/plot_e2e.py bench/results/e2e_cpu.json [--out bench/results/e2e_cpu]
 
 writes <out>.table.md (per group: time per frame or per call, min and median over rounds,
-speed-up of min over the unpatched variant) and <out>.png (one panel per group, bars per
-variant). Needs matplotlib for the PNG (the table is written without it).
+speed-ups of min and of median over the unpatched variant) and <out>.png (one panel per group, --columns per
+row, bars per variant). Reads pytest-benchmark's JSON (bench/test_e2e.py) and
+bench/e2e_side_by_side.py's, which has the same layout. Needs matplotlib for the PNG (the table is written without it).
 """
 
 from __future__ import annotations
@@ -36,17 +37,18 @@ def table(groups, machine: str = "") -> str:
         lines += [machine, ""]
     for group, rows in groups.items():
         unit = "per tracked frame" if "tracked" in group else "per call"
-        base = next((r[1] for r in rows if r[0] == "unpatched"), None)
-        lines += [f"### {group}", "", f"| variant | min ({unit}) | median | speed-up vs unpatched (min) |",
-                  "|---|---:|---:|---:|"]
+        base = next((r[1:] for r in rows if r[0] == "unpatched"), None)
+        lines += [f"### {group}", "",
+                  f"| variant | min ({unit}) | median | speed-up vs unpatched (min) | (median) |",
+                  "|---|---:|---:|---:|---:|"]
         for variant, tmin, tmed in rows:
-            speed = f"{base / tmin:.2f}x" if base else "-"
+            speed = f"{base[0] / tmin:.2f}x | {base[1] / tmed:.2f}x" if base else "- | -"
             lines.append(f"| {variant} | {tmin * 1e3:.0f} ms | {tmed * 1e3:.0f} ms | {speed} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def plot(groups, path: str, title: str = "") -> bool:
+def plot(groups, path: str, title: str = "", columns: int = 4) -> bool:
     try:
         import matplotlib
 
@@ -56,8 +58,12 @@ def plot(groups, path: str, title: str = "") -> bool:
         print("matplotlib not installed: no PNG (pip install matplotlib)")
         return False
     n = len(groups)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
-    for ax, (group, rows) in zip(axes[0], groups.items()):
+    ncols = min(n, columns)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (group, rows) in zip(axes.flat, groups.items()):
         names = [r[0] for r in rows]
         ms = [r[1] * 1e3 for r in rows]
         base = next((r[1] * 1e3 for r in rows if r[0] == "unpatched"), None)
@@ -84,6 +90,7 @@ def main(argv=None):
     ap.add_argument("json")
     ap.add_argument("--out", help="output prefix (default: the JSON path without .json)")
     ap.add_argument("--machine", default="", help="machine description put above the table")
+    ap.add_argument("--columns", type=int, default=4, help="plot panels per row")
     args = ap.parse_args(argv)
     out = args.out or os.path.splitext(args.json)[0]
     groups = load(args.json)
@@ -91,7 +98,7 @@ def main(argv=None):
     with open(out + ".table.md", "w") as f:
         f.write(md + "\n")
     print(md)
-    if plot(groups, out + ".png", args.machine):
+    if plot(groups, out + ".png", args.machine, args.columns):
         print(f"wrote {out}.table.md and {out}.png")
 
 

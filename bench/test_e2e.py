@@ -1,5 +1,5 @@
 """End-to-end speed of patch(): Meta's EdgeTAM predictor and HF's EdgeTamVideoModel, unpatched
-vs patched, per tracked frame; and their memory attention module alone, side by side.
+vs patched, per tracked frame; and their memory attention module and image encoder alone.
 
     pytest bench/test_e2e.py --benchmark-only --benchmark-json bench/results/e2e_cpu.json
     python bench/plot_e2e.py bench/results/e2e_cpu.json     # markdown table + PNG
@@ -7,9 +7,13 @@ vs patched, per tracked frame; and their memory attention module alone, side by 
 Random weights, 1 object, fp32, object score forced positive so masks flow into memory.
 A tracking benchmark round = propagate through a clip whose frame 0 was prompted in setup;
 extra_info["frames"] is the number of tracked frames, so per-frame time = time / frames.
-Variants: "unpatched", "patched:<backend>" for the reference and every built backend, and
-"patched:<backend>:bf16" (compute_dtype=torch.bfloat16 in memory attention; for tracking only
-with the best backend).
+Variants: "unpatched", "patched:<backend>" for the reference and every built backend (patch's
+defaults, so with the re-parameterised encoder), "patched:<backend>:no-fuse"
+(fuse_encoder=False; tracking and encoder, best backend only) and "patched:<backend>:bf16"
+(compute_dtype=torch.bfloat16 in memory attention; for tracking only with the best backend).
+
+pytest-benchmark runs one variant after the other; for ratios on a shared machine prefer
+bench/e2e_side_by_side.py, which interleaves the variants round by round.
 
 Environment: EDGETAM_BENCH_E2E_SIZE (default 1024), EDGETAM_BENCH_E2E_FRAMES (tracked frames
 per round, default 7: the memory bank fills up to EdgeTAM's 7 frames), EDGETAM_BENCH_E2E_ROUNDS
@@ -53,7 +57,9 @@ BEST = BACKENDS[-1]  # what backend="auto" picks here (the reference comes first
 VARIANTS = ["unpatched"] + [f"patched:{b}" for b in BACKENDS] + [
     f"patched:{b}:bf16" for b in BACKENDS
 ]
-TRACK_VARIANTS = ["unpatched"] + [f"patched:{b}" for b in BACKENDS] + [f"patched:{BEST}:bf16"]
+TRACK_VARIANTS = ["unpatched"] + [f"patched:{b}" for b in BACKENDS] + [
+    f"patched:{BEST}:no-fuse", f"patched:{BEST}:bf16"]
+ENCODER_VARIANTS = ["unpatched", f"patched:{BEST}:no-fuse", f"patched:{BEST}"]
 _MODELS = {}
 
 
@@ -67,7 +73,7 @@ def _apply(module, variant):
     ek.unpatch(module)
     if variant != "unpatched":
         parts = variant.split(":")
-        ek.patch(module, backend=parts[1],
+        ek.patch(module, backend=parts[1], fuse_encoder="no-fuse" not in parts,
                  compute_dtype=torch.bfloat16 if parts[-1] == "bf16" else None)
     return module
 
@@ -153,3 +159,22 @@ def test_memory_attention(benchmark, kind, variant):
         benchmark.pedantic(lambda: module(**inputs), rounds=max(3, ROUNDS), iterations=1,
                            warmup_rounds=1)
     ek.unpatch(module)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image encoder alone (Meta: RepViT trunk + FPN neck; HF: vision_encoder), one image
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ENCODER_VARIANTS)
+@pytest.mark.parametrize("kind", ["meta", "hf"])
+def test_image_encoder(benchmark, kind, variant):
+    model = _apply(_model(kind), variant)
+    encoder = model.image_encoder if kind == "meta" else model.vision_encoder
+    x = M.random_clip(1, SIZE, seed=2)
+    benchmark.group = f"{kind}: image encoder at {SIZE}"
+    _info(benchmark, model=kind, variant=variant, frames=1, what="image_encoder")
+    with torch.inference_mode():
+        benchmark.pedantic(lambda: encoder(x), rounds=max(3, ROUNDS), iterations=1,
+                           warmup_rounds=1)
+    ek.unpatch(model)
