@@ -166,8 +166,7 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
     bool rescale = false;
     for (int64_t i0 = 0; i0 < ldq; i0 += W) {
       const vf mo = V::load(s.m + i0);
-      vf mx = V::set1(-__builtin_inff());
-      for (int64_t j = 0; j < nk; ++j) mx = V::max(mx, V::load(s.s + j * ldq + i0));
+      const vf mx = col_max(s.s + i0, ldq, nk);
       const vf mn = V::max(mo, V::sub(V::mul(mx, cmul), V::set1(kLazyMax)));
       const vf neg = V::sub(V::zero(), mn);
       vf sum = V::zero();

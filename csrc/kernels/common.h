@@ -136,6 +136,21 @@ inline void scale_row(float* x, int64_t n, float mul) {
   for (; i < n; ++i) x[i] *= mul;
 }
 
+// Lane-wise max over n vectors at stride ld (the softmax's column max), four independent chains
+// so the max latency does not serialize the loop.
+inline typename V::f col_max(const float* x, int64_t ld, int64_t n) {
+  typename V::f m0 = V::set1(-__builtin_inff()), m1 = m0, m2 = m0, m3 = m0;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    m0 = V::max(m0, V::load(x + j * ld));
+    m1 = V::max(m1, V::load(x + (j + 1) * ld));
+    m2 = V::max(m2, V::load(x + (j + 2) * ld));
+    m3 = V::max(m3, V::load(x + (j + 3) * ld));
+  }
+  for (; j < n; ++j) m0 = V::max(m0, V::load(x + j * ld));
+  return V::max(V::max(m0, m1), V::max(m2, m3));
+}
+
 // ------------------------------------------------------------------------------------------
 // Micro-kernel: C[mr x nr*W] (+)= A[mr x K] * B[K x nr*W], A read by broadcast at
 // A[i*sai + k*sak] (so A may be stored transposed), B rows of ldb floats. With kDot the

@@ -65,16 +65,26 @@ void block_attention(const HeadAttn& a, int64_t q0, int64_t nq, BlockScratch& t)
     bool rescale = false;
     for (int64_t i0 = 0; i0 < ldb; i0 += W) {
       const vf mo = V::load(t.m + i0);
-      vf mx = V::set1(-__builtin_inff());
-      for (int64_t j = 0; j < nk; ++j) mx = V::max(mx, V::load(t.s + j * ldb + i0));
+      const vf mx = col_max(t.s + i0, ldb, nk);
       const vf mn = V::max(mo, V::sub(mx, V::set1(kLazyMax)));
-      vf sum = V::zero();
-      for (int64_t j = 0; j < nk; ++j) {
+      vf sum = V::zero(), sum1 = V::zero();  // two chains: the add latency stays hidden
+      int64_t j = 0;
+      for (; j + 2 <= nk; j += 2) {
         float* sp = t.s + j * ldb + i0;
-        const vf p = V::exp2(V::sub(V::load(sp), mn));
-        V::store(sp, p);
-        sum = V::add(sum, p);
+        const vf p0 = V::exp2(V::sub(V::load(sp), mn));
+        const vf p1 = V::exp2(V::sub(V::load(sp + ldb), mn));
+        V::store(sp, p0);
+        V::store(sp + ldb, p1);
+        sum = V::add(sum, p0);
+        sum1 = V::add(sum1, p1);
       }
+      if (j < nk) {
+        float* sp = t.s + j * ldb + i0;
+        const vf p0 = V::exp2(V::sub(V::load(sp), mn));
+        V::store(sp, p0);
+        sum = V::add(sum, p0);
+      }
+      sum = V::add(sum, sum1);
       const vf alpha = V::exp2(V::sub(mo, mn));
       V::store(t.l + i0, V::fma(V::load(t.l + i0), alpha, sum));
       V::store(t.m + i0, mn);
