@@ -296,12 +296,14 @@ void EDGETAM_ATTN_ENTRY(const RopeAttnArgs& a, const Parallel& par) {
   p.Mb = Mb;
   p.ldq = round_up(Mb, W);
   p.Dvp = round_up(a.Dv, W);
-  p.v_direct = !p.dot && a.dtype == kF32 && a.compute == kComputeF32 && a.Dv % W == 0;
+  p.v_direct = !p.dot && a.dtype == kF32 && a.compute == kComputeF32;  // any Dv: A operand
   job.nqb = ceil_div(a.Nq, Mb);
   p.keys = nullptr;
-  if (job.nqb > 1) {  // keys shared by several blocks: rotate and round them once
-    const int64_t elem = p.dot ? 2 : 4;
-    p.keys = thread_scratch(3, bh * a.Nk * a.D * elem);
+  const int64_t key_bytes = bh * a.Nk * a.D * (p.dot ? 2 : 4);
+  // Keys shared by several blocks: rotate and round them once (up to 64 MB: the buffer stays
+  // allocated between calls).
+  if (job.nqb > 1 && key_bytes <= (int64_t(64) << 20)) {
+    p.keys = thread_scratch(3, key_bytes);
     par.run(par.self, bh * ceil_div(a.Nk, kKeyTile), &job, &keys_body);
   }
   par.run(par.self, bh * job.nqb, &job, &attn_body);
