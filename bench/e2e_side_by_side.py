@@ -1,6 +1,6 @@
 """Per tracked frame and per module call, patched vs unpatched, interleaved round by round.
 
-    flock /tmp/edgetam_bench.lock python bench/e2e_side_by_side.py \
+    python bench/e2e_side_by_side.py \
         --json bench/results/e2e_cpu.json [--sizes 1024,512] [--rounds 3] [--frames 7]
     python bench/plot_e2e.py bench/results/e2e_cpu.json --machine "..."
 

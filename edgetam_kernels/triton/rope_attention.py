@@ -348,6 +348,7 @@ def _rotate(x, tab, n, w, frame, n_front, n_rope, cdt):
 
 
 def _launch_sdpa(q, k, v, out, tab, geo, scale, cdt):
+    """Returns SDPA's result, written into `out` only when one is given (no extra copy)."""
     """Rotate q and k once (two memory-bound launches), then torch's SDPA (flash attention on
     the GPU for fp16 / bf16). q and k both come out with their head dims permuted to
     [even | odd]; a dot product does not see a permutation applied to both sides, so SDPA's
@@ -358,16 +359,20 @@ def _launch_sdpa(q, k, v, out, tab, geo, scale, cdt):
     kr = _rotate(k, tab, n_k, geo["k_w"], geo["frame"], geo["n_front"], geo["n_rope"],
                  cdt).view(b, h, n_k, d)
     res = torch.nn.functional.scaled_dot_product_attention(qr, kr, v.to(cdt), scale=scale)
-    out.copy_(res)
+    if out is None:
+        return res.to(q.dtype)
+    return out.copy_(res)
 
 
 def _launch(q, k, v, out, tab, geo, scale, cdt, cfg):
+    """Runs one strategy and returns the output; the fused kernel allocates `out` if None."""
     if cfg.get("SDPA", False):
-        _launch_sdpa(q, k, v, out, tab, geo, scale, cdt)
-        return
+        return _launch_sdpa(q, k, v, out, tab, geo, scale, cdt)
     qk_scale = float(scale) * LOG2E  # exp2 in the kernel
     b, h, n_q, d = q.shape
     n_k, dv = k.shape[2], v.shape[3]
+    if out is None:
+        out = torch.empty((b, h, n_q, dv), device=q.device, dtype=q.dtype)
     bdh, bdv = _blocks(d, dv)
     splits = cfg["SPLITS"]
     k_blocks = triton.cdiv(n_k, cfg["BLOCK_N"])
@@ -380,15 +385,8 @@ def _launch(q, k, v, out, tab, geo, scale, cdt, cfg):
         po = plse = out  # unused
     pre_rot = cfg.get("PRE_ROT", False)
     k_in = k
-    if pre_rot:
-        # Rotate each key once instead of once per query tile.
-        k_in = torch.empty((b * h, n_k, d), device=q.device, dtype=cdt)
-        bn = 64
-        _rope_keys[(triton.cdiv(n_k, bn), b * h)](
-            k, k_in, tab, *k.stride(), h, n_k, d, geo["k_w"], geo["frame"], geo["n_front"],
-            geo["n_rope"], tab.stride(1), tab.stride(0),
-            CDT=TL_DTYPE[cdt], BLOCK_N=bn, BLOCK_DH=bdh, INTERP=interpreting(), num_warps=4,
-        )
+    if pre_rot:  # rotate each key once instead of once per query tile
+        k_in = _rotate(k, tab, n_k, geo["k_w"], geo["frame"], geo["n_front"], geo["n_rope"], cdt)
         k_strides = (h * n_k * d, n_k * d, d, 1)
     else:
         k_strides = k.stride()
@@ -410,6 +408,7 @@ def _launch(q, k, v, out, tab, geo, scale, cdt, cfg):
             out, po, plse, h, n_q, dv, *out.stride(), splits,
             BLOCK_M=bm, BLOCK_DV=bdv, INTERP=interpreting(), num_warps=4,
         )
+    return out
 
 
 def _tune(key, run, configs) -> dict:
@@ -448,11 +447,9 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
     geo = dict(q_w=max(q_grid[1], 1), k_w=max(k_grid[1], 1), frame=frame, n_front=n_front,
                n_rope=n_rope)
     tab = rope_table(side, d, theta, q.device)
-    if out is None:
-        out = torch.empty((b, h, n_q, dv), device=q.device, dtype=q.dtype)
 
     def run(cfg):
-        _launch(q, k, v, out, tab, geo, float(scale), cdt, cfg)
+        return _launch(q, k, v, out, tab, geo, float(scale), cdt, cfg)
 
     if config is None:
         esize = torch.finfo(cdt).bits // 8
@@ -465,5 +462,4 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
                                                            esize))
             if config is None:
                 config = default_config(b * h, n_q, n_k, d, dv, q.device, esize)
-    run(config)
-    return out
+    return run(config)
