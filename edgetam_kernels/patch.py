@@ -25,14 +25,17 @@ _STATE = "_edgetam_kernels_patch"
 
 
 class _Missing:
-    """"No instance forward before patching"; one object even through copy.deepcopy, so a
-    deep copy of a patched model can be unpatched too."""
+    """"No instance forward before patching"; one object even through copy.deepcopy and
+    pickling, so a copy of a patched model can be unpatched too."""
 
     def __deepcopy__(self, memo):
         return self
 
     def __copy__(self):
         return self
+
+    def __reduce__(self):  # unpickles as the module's one instance
+        return "_MISSING"
 
     def __repr__(self):
         return "<no instance forward>"
@@ -85,13 +88,66 @@ def _patch_module(m: nn.Module, options: dict) -> bool:
         m.__dict__[_STATE]["options"] = dict(options)
         return True
     state = {"options": dict(options), "forward": m.__dict__.get("forward", _MISSING)}
-    original = m.forward  # the bound forward in effect now, used for unsupported configurations
-    new_forward = factory(m, state, original)
-    if new_forward is None:
+    if _build(m, state) is None:
         return False
     object.__setattr__(m, _STATE, state)
-    object.__setattr__(m, "forward", types.MethodType(new_forward, m))
+    object.__setattr__(m, "forward", _PatchedForward(m))
     return True
+
+
+def _original(m: nn.Module, state: dict):
+    """The forward in effect before patching, bound to `m`."""
+    saved = state["forward"]
+    return types.MethodType(type(m).forward, m) if saved is _MISSING else saved
+
+
+class _Built:
+    """The adapter's forward for one module. Its closures hold the state and original forward
+    of the module it was built for, so copies and pickles of a patched module carry an empty
+    holder and build their own on first call (instead of running, or falling back to, the
+    original module's)."""
+
+    __slots__ = ("impl",)
+
+    def __init__(self, impl=None):
+        self.impl = impl
+
+    def __deepcopy__(self, memo):
+        return _Built()
+
+    def __reduce__(self):
+        return (_Built, ())
+
+
+def _build(m: nn.Module, state: dict):
+    """Runs the adapter's factory for `m`; None where it declines (nothing to speed up)."""
+    _load_adapters()  # a patched module unpickled in a fresh process
+    impl = ADAPTERS[_class_key(m)](m, state, _original(m, state))
+    state["built"] = _Built(impl)
+    return impl
+
+
+class _PatchedForward:
+    """The instance `forward` of a patched module. Unlike a bound method it survives
+    copy.deepcopy and pickling as "patched forward of this module"."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __reduce__(self):
+        return (_PatchedForward, (self.module,))
+
+    def __call__(self, *args, **kwargs):
+        m = self.module
+        state = m.__dict__[_STATE]
+        impl = state["built"].impl
+        if impl is None:
+            impl = _build(m, state)
+            if impl is None:  # not for a faithful copy; stay correct regardless
+                return _original(m, state)(*args, **kwargs)
+        return impl(m, *args, **kwargs)
 
 
 def _unpatch_module(m: nn.Module) -> None:

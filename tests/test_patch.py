@@ -5,6 +5,9 @@ restores bit-identical behaviour, patching twice is harmless, options update, wh
 single modules, clear errors, and torch.compile(fullgraph=True) through the patched forwards.
 """
 
+import copy
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -92,6 +95,48 @@ def test_patch_again_updates_options(kind):
     # the documented bf16 bound (docs/patch.md): measured 3.4e-3 relative L2 on this grid
     assert rel_l2(bf16, fp32) < 1e-2
     assert torch.equal(_run(ek.patch(module, backend="reference"), kwargs), fp32)
+
+
+@pytest.mark.parametrize("kind", ["meta", "hf"])
+@pytest.mark.parametrize("what", sorted(BUILDERS))
+def test_deep_copy_is_independent(kind, what):
+    """A deep copy of a patched module runs on its own weights and its own options (the
+    replacement forwards close over the module they were built for; a copy rebuilds them)."""
+    module, kwargs = BUILDERS[what](kind)
+    ek.patch(module, backend="reference")
+    before = _run(module, kwargs)
+    copy_ = copy.deepcopy(module)
+    assert patched_modules(copy_) == patched_modules(module)
+    assert torch.equal(_run(copy_, kwargs), before)
+    with torch.no_grad():
+        for p in copy_.parameters():
+            p.mul_(0.5)
+    scaled = _run(copy_, kwargs)
+    assert torch.equal(_run(module, kwargs), before)
+    assert rel_l2(scaled, _run(ek.unpatch(copy.deepcopy(copy_)), kwargs)) < 1e-5
+    assert rel_l2(scaled, before) > 1e-2
+    if what == "memory_attention":  # options given to the copy apply to the copy only
+        bf16 = _run(ek.patch(copy_, backend="reference", compute_dtype=torch.bfloat16), kwargs)
+        assert not torch.equal(bf16, scaled) and rel_l2(bf16, scaled) < 1e-2
+        assert torch.equal(_run(module, kwargs), before)
+    _no_trace_of_patch(ek.unpatch(copy_))
+
+
+@pytest.mark.parametrize("kind", ["meta", "hf"])
+def test_pickled_patched_module(kind):
+    """torch.save / torch.load of a whole patched module: it loads patched (same result) and
+    can be unpatched to the original behaviour."""
+    module, kwargs = _memattn_call(kind)
+    unpatched = _run(module, kwargs)
+    patched = _run(ek.patch(module, backend="reference"), kwargs)
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert patched_modules(loaded) == patched_modules(module)
+    assert torch.equal(_run(loaded, kwargs), patched)
+    _no_trace_of_patch(ek.unpatch(loaded))
+    assert torch.equal(_run(loaded, kwargs), unpatched)
 
 
 def test_unpatch_restores_a_previous_instance_forward():
