@@ -316,8 +316,8 @@ def bench_rope():
             times = {}
             times["triton_rope"] = bench_ms(lambda: ek.rope_attention(q, k, v, backend="triton",
                                                                       **kw))
-            key = [c for kk, c in tr._TUNED.items() if kk[2] == q.shape[2] and kk[3] == k.shape[2]
-                   and kk[6] == dtype]
+            tuned = tr._TUNED.get(tr.tuning_key(q.device, q.shape[0] * q.shape[1], q.shape[2],
+                                                k.shape[2], q.shape[3], v.shape[3], dtype, dtype))
             # Both strategies side by side: the fused kernel (first tile of the candidate set,
             # keys pre-rotated) and rotate-then-SDPA; whichever the tuner picked is triton_rope.
             fused = next(c for c in tr.candidate_configs(1, q.shape[2], k.shape[2], q.shape[3],
@@ -353,7 +353,7 @@ def bench_rope():
                        ms={n_: (round(t, 4) if t else None) for n_, t in times.items()},
                        triton_tflops=flops / times["triton_rope"] / 1e9,
                        speedup_vs_best_sdpa=(best_sdpa / times["triton_rope"]) if best_sdpa else None,
-                       tuned_config=key[0] if key else None)
+                       tuned_config=tuned)
             ceil = REPORT.get("ceilings", {}).get("bf16_matmul_tflops")
             if ceil:
                 row["fraction_of_bf16_matmul_ceiling"] = row["triton_tflops"] / ceil

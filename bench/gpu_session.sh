@@ -13,6 +13,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         --target "$site" .whl/*.whl && export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# tuned configs: shared by both scripts (gpu_e2e.py does not tune again) and brought back
+export EDGETAM_TRITON_TUNING_CACHE=${EDGETAM_TRITON_TUNING_CACHE:-$OUT/triton_tuned.json}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
     --format=csv 2>&1 | tee "$OUT/nvidia_smi.txt"
 python3 bench/gpu_check.py --out "$OUT" --budget "${CHECK_BUDGET:-270}" 2>&1 | tee "$OUT/gpu_check.log"

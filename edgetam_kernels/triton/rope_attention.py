@@ -40,6 +40,7 @@ import triton.language as tl
 
 from .. import reference
 from ._common import TL_DTYPE, cast, dot, fp32_precision, interpreting, num_sms, pow2
+from ._tuning import TunedStore, bucket, default_path
 
 LOG2E = 1.4426950408889634
 AUTOTUNE_ENV = "EDGETAM_TRITON_AUTOTUNE"
@@ -324,7 +325,29 @@ def candidate_configs(bh, n_q, n_k, d, dv, device, esize: int = 2):
     return out
 
 
-_TUNED: Dict[tuple, dict] = {}
+# this process's choices (None: every candidate failed), backed by the per-machine store
+_TUNED: Dict[str, Optional[dict]] = {}
+_STORE: Optional[TunedStore] = None
+
+
+def _store() -> TunedStore:
+    global _STORE
+    if _STORE is None:
+        _STORE = TunedStore(default_path())
+    return _STORE
+
+
+def tuning_key(device, bh, n_q, n_k, d, dv, in_dtype, cdt) -> str:
+    """The autotuner's key: the GPU model and software versions, power-of-two buckets of the
+    sizes that vary while tracking (objects, queries, memory length), exact head dims and
+    dtypes (see _tuning.py)."""
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+    return "|".join([
+        "rope_attention", name, f"triton {triton.__version__}", f"torch {torch.__version__}",
+        f"bh {bucket(bh)}", f"n_q {bucket(n_q)}", f"n_k {bucket(n_k)}", f"d {d}", f"dv {dv}",
+        str(in_dtype), str(cdt), fp32_precision(),
+    ])
 
 
 def _autotune_enabled(device) -> bool:
@@ -411,7 +434,8 @@ def _launch(q, k, v, out, tab, geo, scale, cdt, cfg):
     return out
 
 
-def _tune(key, run, configs) -> dict:
+def _tune(run, configs) -> Optional[dict]:
+    """The fastest config that runs; None if none does."""
     from triton.testing import do_bench
 
     best, best_t = None, math.inf
@@ -422,7 +446,6 @@ def _tune(key, run, configs) -> dict:
             continue
         if t < best_t:
             best, best_t = cfg, t
-    _TUNED[key] = best
     return best
 
 
@@ -453,13 +476,27 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
 
     if config is None:
         esize = torch.finfo(cdt).bits // 8
-        key = (str(q.device), b * h, n_q, n_k, d, dv, q.dtype, cdt, fp32_precision())
-        config = _TUNED.get(key)
+        if _autotune_enabled(q.device):
+            config = _tuned(tuning_key(q.device, b * h, n_q, n_k, d, dv, q.dtype, cdt), run,
+                            lambda: candidate_configs(b * h, n_q, n_k, d, dv, q.device, esize),
+                            q.device)
         if config is None:
-            capturing = q.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-            if _autotune_enabled(q.device) and not capturing:
-                config = _tune(key, run, candidate_configs(b * h, n_q, n_k, d, dv, q.device,
-                                                           esize))
-            if config is None:
-                config = default_config(b * h, n_q, n_k, d, dv, q.device, esize)
+            config = default_config(b * h, n_q, n_k, d, dv, q.device, esize)
     return run(config)
+
+
+def _tuned(key: str, run, candidates, device) -> Optional[dict]:
+    """The tuned config for `key`: from this process, else the machine's store, else tuned now
+    (not during CUDA-graph capture, where timing runs are not allowed); None: use the
+    heuristic."""
+    if key in _TUNED:
+        return _TUNED[key]
+    config = _store().get(key)
+    if config is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        config = _tune(run, candidates())
+        if config is not None:
+            _store().put(key, config)
+    _TUNED[key] = config
+    return config
