@@ -30,6 +30,34 @@ RESULTS = []
 SMEM_LIMIT = {90: 232448, 80: 166912, 89: 101376, 86: 101376}
 
 
+def ptxas_info(kernel, arch: int) -> str:
+    """Registers and spills per thread (ptxas -v on the kernel's PTX) and the tensor-core
+    instructions it uses (wgmma: Hopper's asynchronous warpgroup MMA; mma.sync: the older
+    synchronous one). Static facts, no GPU needed: 255 registers means one CTA per SM."""
+    import re
+    import subprocess
+    import tempfile
+
+    ptx = kernel.asm.get("ptx", "")
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    regs = "?"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        gpu = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+        try:
+            r = subprocess.run([ptxas, "-v", "--gpu-name", gpu, path, "-o", os.devnull],
+                               capture_output=True, text=True, timeout=300)
+            m = re.search(r"Used (\d+) registers", r.stderr)
+            spill = re.search(r"(\d+) bytes spill stores", r.stderr)
+            regs = f"{m.group(1) if m else '?'} regs, {spill.group(1) if spill else '?'} B spilled"
+        except (OSError, subprocess.SubprocessError) as e:
+            regs = f"ptxas -v failed: {e}"[:80]
+    mma = ptx.count("wgmma.mma_async")
+    return f"{regs}, {mma} wgmma" if mma else f"{regs}, {ptx.count('mma.sync')} mma.sync"
+
+
 class AotKernel:
     def __init__(self, fn, target):
         self.fn, self.target = fn, target
@@ -64,12 +92,11 @@ class AotKernel:
                 smem = k.metadata.shared
                 limit = SMEM_LIMIT.get(self.target.arch, 101376)
                 status = "ok" if smem <= limit else f"SMEM {smem} > {limit}"
-                n_spills = getattr(k, "n_spills", None)
                 RESULTS.append((self.fn.__name__, shown, num_warps, num_stages, status, smem,
-                                time.time() - t))
+                                ptxas_info(k, self.target.arch), time.time() - t))
             except Exception as e:  # noqa: BLE001
                 RESULTS.append((self.fn.__name__, shown, num_warps, num_stages,
-                                f"FAIL {type(e).__name__}: {str(e)[:300]}", 0, time.time() - t))
+                                f"FAIL {type(e).__name__}: {str(e)[:300]}", 0, "", time.time() - t))
             print(*RESULTS[-1], flush=True)
 
         return launch
@@ -138,10 +165,12 @@ def main():
         lines = [f"# Triton kernels compiled for sm_{a.arch} without a GPU", "",
                  f"triton {_t.__version__}, torch {torch.__version__}; "
                  "`python -m edgetam_kernels.triton.aot_check` (front end + ptxas, no launch)."
-                 " Shared memory per CTA against the target's limit; no timings.", "",
-                 "| kernel | constexprs | warps | stages | status | smem bytes |",
-                 "|---|---|---|---|---|---|"]
-        lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} |" for r in RESULTS]
+                 " Shared memory per CTA against the target's limit, registers and spills per"
+                 " thread from `ptxas -v`, tensor-core instructions in the PTX; no timings.", "",
+                 "| kernel | constexprs | warps | stages | status | smem bytes | registers, "
+                 "tensor cores |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]} |"
+                  for r in RESULTS]
         with open(a.report, "w") as f:
             f.write("\n".join(lines) + "\n")
     bad = [r for r in RESULTS if r[4] != "ok"]
