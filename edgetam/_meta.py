@@ -52,9 +52,7 @@ def build_meta_video_predictor(image_size: int = 1024, device: str = "cpu", seed
     so results do not depend on whether OpenCV is installed."""
     _shim_torchvision()
     from sam2.build_sam import build_sam2_video_predictor
-    import sam2.modeling.sam.transformer as tr
 
-    tr.ALLOW_ALL_KERNELS = True  # no forced SDPA math path on CPU
     side = image_size // 16
     overrides = [f"++model.image_size={image_size}",
                  f"++model.memory_attention.layer.cross_attention.q_sizes=[{side},{side}]",
@@ -65,6 +63,22 @@ def build_meta_video_predictor(image_size: int = 1024, device: str = "cpu", seed
                                            hydra_overrides_extra=overrides)
     model.fill_hole_area = fill_hole_area
     return model.eval()
+
+
+@contextlib.contextmanager
+def all_sdpa_kernels():
+    """Within the block, Meta's attention lets torch pick any SDPA kernel instead of forcing
+    the math path on CPU (its module global ALLOW_ALL_KERNELS; restored afterwards, so models
+    built or run later in the process keep Meta's own behaviour)."""
+    _shim_torchvision()
+    import sam2.modeling.sam.transformer as tr
+
+    saved = tr.ALLOW_ALL_KERNELS
+    tr.ALLOW_ALL_KERNELS = True
+    try:
+        yield
+    finally:
+        tr.ALLOW_ALL_KERNELS = saved
 
 
 @contextlib.contextmanager

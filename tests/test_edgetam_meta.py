@@ -34,6 +34,15 @@ PROMPTS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _meta_any_sdpa_kernel():
+    """Meta's attention on any SDPA kernel (its CPU default forces the slow math path) for
+    this module only: the setting is Meta's process-wide global, other tests expect Meta's own
+    behaviour."""
+    with _meta.all_sdpa_kernels():
+        yield
+
+
 def _build(image_size):
     meta = _meta.build_meta_video_predictor(image_size)
     _meta.randomize_(meta)
