@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import edgetam_kernels as ek
+from edgetam_kernels._adapters_common import Projections, Rope, attend
 from edgetam_kernels.reference import PERCEIVER_LAYER_PARAMS, params_per_layer
 
 from .common import LayerNorm2d, sine_position_encoding
@@ -183,19 +184,19 @@ class RoPEAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         self.backend = "auto"
 
-    def _split(self, x: Tensor) -> Tensor:
-        b, n, c = x.shape
-        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
-
     def forward(self, q: Tensor, k: Tensor, v: Tensor, q_grid, k_grid=None, k_repeat=None,
                 num_k_exclude_rope: int = 0) -> Tensor:
-        q, k, v = self._split(self.q_proj(q)), self._split(self.k_proj(k)), self._split(self.v_proj(v))
-        out = ek.rope_attention(q, k, v, q_grid=q_grid, k_grid=k_grid, k_repeat=k_repeat,
-                                num_k_exclude_rope=num_k_exclude_rope, theta=self.theta,
-                                compute_dtype=getattr(self, "compute_dtype", None),
-                                backend=self.backend)
-        b, h, n, c = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+        """The library's `attend` (shared with patched Meta / HF models): projections, the
+        rope_attention op, output projection; the cross-attention's 64-dim values are folded
+        into the output projection (`folds_value`). compute_dtype (set by patch()) runs the
+        projections and the attention in that dtype."""
+        k_grid = tuple(q_grid if k_grid is None else k_grid)
+        if k_repeat is None:  # as rope_attention's default: every rotated key on one k grid
+            k_repeat = (k.shape[1] - num_k_exclude_rope) // (k_grid[0] * k_grid[1])
+        rope = Rope(tuple(q_grid), k_grid, k_repeat, num_k_exclude_rope, self.theta)
+        p = Projections.of(self.q_proj, self.k_proj, self.v_proj, self.out_proj, self.num_heads)
+        options = dict(backend=self.backend, compute_dtype=getattr(self, "compute_dtype", None))
+        return attend(q, k, v, p, rope, options)
 
 
 class MemoryAttentionLayer(nn.Module):

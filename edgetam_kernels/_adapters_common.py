@@ -114,16 +114,46 @@ def _split_heads(x: Tensor, heads: int) -> Tensor:
     return x.view(b, n, heads, c // heads).transpose(1, 2)
 
 
+def folds_value(p: Projections, value_dim: int) -> bool:
+    """Whether `attend` folds the value projection into the output projection: with one head,
+
+        softmax(S) (v W_v^T + b_v) W_o^T + b_o  =  (softmax(S) v) (W_o W_v)^T + (W_o b_v + b_o)
+
+    (softmax rows sum to 1). It pays when the values come in narrower than the attention:
+    memory attention's cross-attention reads 64-dim memory against 256-dim queries, so the
+    attention's second product (probabilities x values) does a quarter of the work and the
+    value and output projections become one 64 -> 256 GEMM. Exact in exact arithmetic; in
+    floating point it rounds differently at the level of one fp32 ulp per operation."""
+    return p.heads == 1 and value_dim < p.wv.shape[0]
+
+
+def _folded_output(p: Projections, dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:
+    """W_o W_v and W_o b_v + b_o, formed in float64 (float32 on MPS) and rounded once."""
+    acc = torch.float32 if p.wo.device.type == "mps" else torch.float64
+    with torch.autocast(p.wo.device.type, enabled=False):
+        wo = p.wo.to(acc)
+        w = wo @ p.wv.to(acc)
+        b = None if p.bo is None else p.bo.to(acc)
+        if p.bv is not None:
+            b = wo @ p.bv.to(acc) if b is None else b + wo @ p.bv.to(acc)
+    return w.to(dtype), _to(b, dtype)
+
+
 def attend(q_in: Tensor, k_in: Tensor, v_in: Tensor, p: Projections, rope: Rope,
            options: dict) -> Tensor:
     """out_proj(rope_attention(q_proj(q_in), k_proj(k_in), v_proj(v_in))), (B, N, C) in/out.
 
     When q_in, k_in and v_in are the same tensor (memory attention's self-attention), the three
-    projections run as one GEMM against the stacked weight [Wq; Wk; Wv].
+    projections run as one GEMM against the stacked weight [Wq; Wk; Wv]. With one head and
+    values narrower than the attention, the value projection is folded into the output
+    projection (`folds_value`).
     options["compute_dtype"] (e.g. torch.bfloat16) runs the projections and the attention in
     that dtype; the result comes back in q_in's dtype.
     """
     out_dtype, cd = q_in.dtype, options.get("compute_dtype")
+    fold = folds_value(p, v_in.shape[-1])
+    if fold:
+        w_ov, b_ov = _folded_output(p, cd if cd is not None else p.wo.dtype)
     if cd is not None and cd != out_dtype:
         same_kv, same_qk = k_in is v_in, q_in is k_in
         q_in = q_in.to(cd)
@@ -131,7 +161,11 @@ def attend(q_in: Tensor, k_in: Tensor, v_in: Tensor, p: Projections, rope: Rope,
         v_in = k_in if same_kv else v_in.to(cd)
         p = Projections(*(_to(w, cd) for w in (p.wq, p.bq, p.wk, p.bk, p.wv, p.bv, p.wo, p.bo)),
                         heads=p.heads)
-    if q_in is k_in and k_in is v_in and (p.bq is None) == (p.bk is None) == (p.bv is None):
+    if fold:
+        q = F.linear(q_in, p.wq, p.bq)
+        k = F.linear(k_in, p.wk, p.bk)
+        v = v_in
+    elif q_in is k_in and k_in is v_in and (p.bq is None) == (p.bk is None) == (p.bv is None):
         qkv = F.linear(q_in, torch.cat([p.wq, p.wk, p.wv]), _cat_bias(p.bq, p.bk, p.bv))
         q, k, v = qkv.split([p.wq.shape[0], p.wk.shape[0], p.wv.shape[0]], dim=-1)
     else:
@@ -151,7 +185,10 @@ def attend(q_in: Tensor, k_in: Tensor, v_in: Tensor, p: Projections, rope: Rope,
         compute_dtype=cd, backend=options["backend"],
     )
     b, h, n, d = out.shape
-    return F.linear(out.transpose(1, 2).reshape(b, n, h * d), p.wo, p.bo).to(out_dtype)
+    out = out.transpose(1, 2).reshape(b, n, h * d)
+    if fold:
+        return F.linear(out, w_ov, b_ov).to(out_dtype)
+    return F.linear(out, p.wo, p.bo).to(out_dtype)
 
 
 def memory_attention_layer(
