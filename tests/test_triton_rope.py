@@ -205,16 +205,32 @@ def test_sdpa_strategy_dtypes_scale_and_strides(dtype, cdt):
     assert_close(out, ref, worst, f"{dtype} compute {cdt}")
 
 
-def test_sdpa_strategy_is_a_candidate_only_where_flash_applies():
+def test_sdpa_strategy_candidates():
+    """A tuning candidate for 16-bit compute and head dims SDPA's fused kernels take; the
+    heuristic default only where flash applies (Dv == D)."""
     from edgetam_kernels.triton.rope_attention import candidate_configs, sdpa_candidate
 
     assert sdpa_candidate(256, 256, 2) and sdpa_candidate(64, 64, 2)
+    assert sdpa_candidate(256, 256, 2, default=True)
     assert not sdpa_candidate(256, 256, 4)      # fp32 compute: the fused kernel
-    assert not sdpa_candidate(20, 20, 2)        # head dim flash cannot take
-    assert not sdpa_candidate(64, 40, 2)        # Dv != D
+    assert not sdpa_candidate(20, 20, 2)        # head dim SDPA's fused kernels cannot take
+    assert not sdpa_candidate(64, 20, 2)
+    assert sdpa_candidate(256, 64, 2)           # patch's folded cross-attention: tuned ...
+    assert not sdpa_candidate(256, 64, 2, default=True)  # ... never the untuned default
     cands = candidate_configs(1, 4096, 3648, 256, 256, torch.device("cpu"), 2)
     assert cands[0] == SDPA and all("BLOCK_M" in c for c in cands[1:])
     assert SDPA not in candidate_configs(1, 4096, 3648, 256, 256, torch.device("cpu"), 4)
+    assert candidate_configs(1, 4096, 3648, 256, 64, torch.device("cpu"), 2)[0] == SDPA
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sdpa_strategy_narrow_values(dtype):
+    """Dv < D (values of patch's folded cross-attention)."""
+    q, k, v, kw = make(1, 1, (5, 7), (2, 2), 3, 2, 5, 32, dv=16, dtype=dtype)
+    out = _kernel()(q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                    kw["num_k_exclude_rope"], config=SDPA)
+    assert out.shape == (1, 1, 35, 16) and out.dtype == dtype
+    assert_close(out, ref64(q, k, v, kw), dtype)
 
 
 def test_scale_and_theta():

@@ -267,7 +267,7 @@ def default_config(bh: int, n_q: int, n_k: int, d: int, dv: int, device,
         bn = 32
         return dict(BLOCK_M=32, BLOCK_N=bn, SPLITS=min(2, triton.cdiv(n_k, bn)),
                     PRE_ROT=n_q >= 64, num_warps=4, num_stages=1)
-    if sdpa_candidate(d, dv, esize):
+    if sdpa_candidate(d, dv, esize, default=True):
         return dict(SDPA=True)
     bm, bn, warps, stages = candidate_tiles(d, dv, esize)[0]
     tiles = triton.cdiv(n_q, bm) * bh
@@ -301,11 +301,15 @@ def candidate_tiles(d: int, dv: int, esize: int = 2):
     return [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 2)]
 
 
-def sdpa_candidate(d: int, dv: int, esize: int) -> bool:
-    """Rotate-then-SDPA is a candidate where torch has a flash kernel: 16-bit compute, head
-    dims up to 256 (H200, 4096 x 4096 x 256 bf16, bench/results/triton_h200.md: SDPA flash
-    0.070 ms against 0.166 ms for the fused kernel; the two rotation passes move ~8 MB)."""
-    return esize == 2 and d == dv and d % 8 == 0 and d <= 256
+def sdpa_candidate(d: int, dv: int, esize: int, default: bool = False) -> bool:
+    """Rotate-then-SDPA for 16-bit compute and head dims up to 256 (H200, 4096 x 4096 x 256
+    bf16, bench/results/triton_h200.md: SDPA flash 0.070 ms against 0.166 ms for the fused
+    kernel; the two rotation passes move ~8 MB). The heuristic default only where torch has a
+    flash kernel (d == dv); with narrower values (patch's folded cross-attention: 256 / 64)
+    SDPA runs its memory-efficient or cuDNN kernel, so it is only a tuning candidate."""
+    if esize != 2 or d % 8 or dv % 8 or d > 256 or dv > 256:
+        return False
+    return d == dv or not default
 
 
 def candidate_configs(bh, n_q, n_k, d, dv, device, esize: int = 2):
