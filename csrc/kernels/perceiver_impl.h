@@ -48,33 +48,36 @@ void scale_rows(float* x, int64_t ld, int64_t rows, int64_t c0, int64_t c1, floa
 
 struct Partials {
   float *o, *m, *l;  // per chunk: (inner_x, ld) outputs, (heads, ld) maxima and sums
+  float* xstat;      // x's LayerNorm statistics: mean (N), then 1 / std (N)
 };
 
 // Per-thread scratch of the token stage.
 struct TokenScratch {
-  float *xs, *kv, *mean, *rstd;
   static int64_t bytes(const PerceiverArgs& a, const Plan& pl, int64_t dh) {
     return arena_bytes<float>(a.C * pl.lc) + arena_bytes<float>(2 * pl.inner_x * pl.lc) +
-           2 * arena_bytes<float>(pl.lc) + BlockScratch::bytes(dh) +
-           WindowScratch::bytes(dh, a.W, pl.ws);
+           BlockScratch::bytes(dh) + WindowScratch::bytes(dh, a.W, pl.ws);
   }
 };
 
-// One chunk of tokens [n0, n0 + len): see the file comment.
+// One chunk of tokens [n0, n0 + len): see the file comment. x's LayerNorm statistics are the
+// same in every layer (x is): the first layer computes them into xstat (mean, then 1 / std, N
+// each), the others read them.
 void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, const Partials& pt,
                  const float* const* p, int64_t inner, const float* x, const float* pos,
-                 int64_t ci, int64_t dh_max) {
+                 int64_t ci, int64_t dh_max, float* xstat, bool first_layer) {
   const int64_t C = a.C, N = pl.N, lc = pl.lc, ld = b.ld, heads = a.heads, dh = inner / heads;
   const int64_t n0 = ci * pl.chunk, len = min64(pl.chunk, N - n0), lenw = round_up(len, V::W);
   EDGETAM_PERCEIVER_FINE("tc_pre");
   Arena ar(TokenScratch::bytes(a, pl, dh_max), 1);
   float* xs = ar.take<float>(C * lc);
   float* kv = ar.take<float>(2 * pl.inner_x * lc);
-  float* mean = ar.take<float>(lc);
-  float* rstd = ar.take<float>(lc);
-  for (int64_t c0 = 0; c0 < len; c0 += ColScratch::kChunk)  // pieces whose three passes stay in L1
-    ln_channels(x + n0, N, C, p[2], p[3], a.eps, xs, lc, c0, min64(len, c0 + ColScratch::kChunk), mean,
-                rstd);
+  float* mean = xstat + n0;  // indexed by column within the chunk
+  float* rstd = xstat + N + n0;
+  for (int64_t c0 = 0; c0 < len; c0 += ColScratch::kChunk) {  // pieces whose passes stay in L1
+    const int64_t c1 = min64(len, c0 + ColScratch::kChunk);
+    if (first_layer) ln_stats(x + n0, N, C, a.eps, c0, c1, mean, rstd);
+    ln_apply(x + n0, N, C, p[2], p[3], xs, lc, c0, c1, mean, rstd);
+  }
   for (int64_t c = 0; c < C; ++c)
     for (int64_t n = len; n < lc; ++n) xs[c * lc + n] = 0.0f;
   EDGETAM_PERCEIVER_FINE("tc_ln");
@@ -232,7 +235,7 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, co
     const int64_t inner = a.inner[layer];
     const bool last = layer + 1 == a.depth;
     parallel_items(par, pl.nchunks, [&](int64_t ci) {
-      token_chunk(a, pl, b, pt, p, inner, x, pos, ci, dh_max);
+      token_chunk(a, pl, b, pt, p, inner, x, pos, ci, dh_max, pt.xstat, layer == 0);
     });
     EDGETAM_PERCEIVER_STAGE("tokens_attn");
     // Without self-attention the layer's end follows the feed-forward in the same item.
@@ -296,13 +299,13 @@ void spatial_perceiver(const PerceiverArgs& a, const Parallel& par) {
   b.ld = pl.ld = ld_cols(pl.L);
   const int64_t ld = b.ld, P = pl.L1 ? pl.nchunks : 0;
   const int64_t sizes[] = {C * ld, inner * ld, inner * ld, inner * ld, inner * ld,
-                           P * pl.inner_x * ld, P * a.heads * ld, P * a.heads * ld};
+                           P * pl.inner_x * ld, P * a.heads * ld, P * a.heads * ld, 2 * pl.N};
   int64_t bytes = 0;
   for (int64_t n : sizes) bytes += arena_bytes<float>(max64(n, 1));
   Arena ar(bytes, 0);
   Partials pt;
-  float** slots[] = {&b.lat, &b.q, &b.k, &b.v, &b.o, &pt.o, &pt.m, &pt.l};
-  for (int i = 0; i < 8; ++i) *slots[i] = ar.take<float>(max64(sizes[i], 1));
+  float** slots[] = {&b.lat, &b.q, &b.k, &b.v, &b.o, &pt.o, &pt.m, &pt.l, &pt.xstat};
+  for (int i = 0; i < 9; ++i) *slots[i] = ar.take<float>(max64(sizes[i], 1));
   // Padding columns go through the products as whole vectors but hold no latent: zero them
   // once (the scratch is reused between calls), and they stay zero (products of zeros).
   float* const latent_bufs[] = {b.lat, b.q, b.k, b.v, b.o};

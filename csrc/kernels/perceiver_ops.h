@@ -78,12 +78,11 @@ void parallel_cols(const Parallel& par, int64_t n, int64_t width, const F& f) {
   });
 }
 
-// LayerNorm over channels of a channel-major (C, ldx) block, columns [n0, n1): y (C, ldy).
-// Statistics per column are vectorized across columns; mean and rstd are scratch indexed by
-// column (callers give disjoint column ranges to different threads).
-void ln_channels(const float* x, int64_t ldx, int64_t C, const float* w, const float* b,
-                 float eps, float* y, int64_t ldy, int64_t n0, int64_t n1, float* mean,
-                 float* rstd) {
+// LayerNorm over channels of a channel-major (C, ldx) block, columns [n0, n1): statistics per
+// column (mean, 1 / std: scratch indexed by column; callers give disjoint column ranges to
+// different threads), vectorized across columns.
+void ln_stats(const float* x, int64_t ldx, int64_t C, float eps, int64_t n0, int64_t n1,
+              float* mean, float* rstd) {
   constexpr int64_t W = V::W;
   for (int64_t n = n0; n < n1; ++n) mean[n] = rstd[n] = 0.0f;
   int64_t nv = n0 + (n1 - n0) / W * W;
@@ -105,6 +104,13 @@ void ln_channels(const float* x, int64_t ldx, int64_t C, const float* w, const f
     for (; n < n1; ++n) rstd[n] += (xc[n] - mean[n]) * (xc[n] - mean[n]);
   }
   for (int64_t n = n0; n < n1; ++n) rstd[n] = 1.0f / std::sqrt(rstd[n] * invc + eps);
+}
+
+// y (C, ldy) = LN(x) with the statistics of ln_stats and the affine weight w, bias b.
+void ln_apply(const float* x, int64_t ldx, int64_t C, const float* w, const float* b, float* y,
+              int64_t ldy, int64_t n0, int64_t n1, const float* mean, const float* rstd) {
+  constexpr int64_t W = V::W;
+  int64_t nv = n0 + (n1 - n0) / W * W;
   for (int64_t c = 0; c < C; ++c) {
     const float* xc = x + c * ldx;
     float* yc = y + c * ldy;
@@ -114,6 +120,13 @@ void ln_channels(const float* x, int64_t ldx, int64_t C, const float* w, const f
       V::store(yc + n, V::fma(V::mul(V::sub(V::load(xc + n), V::load(mean + n)), V::load(rstd + n)), wv, bv));
     for (; n < n1; ++n) yc[n] = (xc[n] - mean[n]) * rstd[n] * w[c] + b[c];
   }
+}
+
+void ln_channels(const float* x, int64_t ldx, int64_t C, const float* w, const float* b,
+                 float eps, float* y, int64_t ldy, int64_t n0, int64_t n1, float* mean,
+                 float* rstd) {
+  ln_stats(x, ldx, C, eps, n0, n1, mean, rstd);
+  ln_apply(x, ldx, C, w, b, y, ldy, n0, n1, mean, rstd);
 }
 
 // Exact-erf GELU, 0.5 (x + |x| erf(|x| / sqrt 2)), erf by Abramowitz-Stegun 7.1.26
