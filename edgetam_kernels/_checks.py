@@ -181,11 +181,15 @@ def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, d
             f"weights must hold {n_per_layer} tensors per layer x depth {depth} = "
             f"{depth * n_per_layer}, got {len(weights)}"
         )
+    # 40-odd weights per call: the names are built only to report a failure (this runs on
+    # every call, in front of a kernel of a few ms).
     for i, t in enumerate(weights):
-        tensor(f"weights[{i}]", t)
-        names.append(f"weights[{i}]")
-        ts.append(t)
-    same(names, ts)
+        if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_DTYPES:
+            tensor(f"weights[{i}]", t)
+    dt, dev = x.dtype, x.device
+    if any(t.dtype != dt or t.device != dev for t in ts) or any(
+            t.dtype != dt or t.device != dev for t in weights):
+        same(names + [f"weights[{i}]" for i in range(len(weights))], ts + list(weights))
     for layer in range(depth):
         p = weights[layer * n_per_layer : (layer + 1) * n_per_layer]
         inner = p[4].shape[0]
@@ -200,6 +204,7 @@ def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, d
             heads("self-attention inner dim", inner_s, heads_)
         heads("inner dim", inner, heads_)
         for j, e in enumerate(expected):
-            shape(f"weights[{layer * n_per_layer + j}]", p[j], e)
+            if p[j].shape != e:
+                shape(f"weights[{layer * n_per_layer + j}]", p[j], e)
     if not (eps > 0):
         raise ValueError(f"eps must be positive, got {eps}")

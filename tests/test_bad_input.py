@@ -139,6 +139,18 @@ def test_spatial_perceiver_wrong_weight_shape_names_index():
         ek.spatial_perceiver(x, pos, l1, l2, ws, nw_, nb_, **kw)
 
 
+@pytest.mark.parametrize("bad, error, match", [
+    (torch.ones(16, dtype=torch.int32), TypeError, r"weights\[7\] must be a floating tensor"),
+    (torch.ones(16, dtype=torch.float64), TypeError, r"weights\[7\] has dtype torch.float64"),
+])
+def test_spatial_perceiver_bad_weight_names_index(bad, error, match):
+    # the checks build weight names only on failure: the message must still name the index
+    (x, pos, l1, l2, ws, nw_, nb_), kw = perceiver_inputs()
+    ws[7] = bad
+    with pytest.raises(error, match=match):
+        ek.spatial_perceiver(x, pos, l1, l2, ws, nw_, nb_, **kw)
+
+
 def test_spatial_perceiver_nan_in_nan_out():
     (x, pos, l1, l2, ws, nw_, nb_), kw = perceiver_inputs()
     x[1, 0, 0, 0] = float("nan")

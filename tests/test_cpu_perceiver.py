@@ -102,3 +102,19 @@ def test_opcheck_and_compile():
 
     torch._dynamo.reset()
     assert_close(torch.compile(f, fullgraph=True)(x), f(x), torch.float32)
+
+
+def test_threads_do_not_change_results():
+    """Work is split by columns and token chunks whatever the thread count, and latent column
+    chunks prefer an owner thread: every thread count and schedule must give the same bits."""
+    args, kw = make(c=32, h=16, l1=70, l2=16, inner=32, hidden=48, heads=2)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3, 2):
+            torch.set_num_threads(n)
+            outs.append(ek.spatial_perceiver(*args, **kw, backend="cpu"))
+    finally:
+        torch.set_num_threads(before)
+    for o in outs[1:]:
+        assert torch.equal(outs[0], o)

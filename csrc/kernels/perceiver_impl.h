@@ -21,12 +21,14 @@
 #ifndef EDGETAM_PERCEIVER_STAGE
 #define EDGETAM_PERCEIVER_STAGE(name)
 #endif
+#ifndef EDGETAM_PERCEIVER_FINE
+#define EDGETAM_PERCEIVER_FINE(name)
+#endif
 
 namespace edgetam_cpu {
 namespace EDGETAM_ISA {
 namespace {
 
-constexpr int64_t kColChunk = 64;     // latent columns per work item: a multiple of every V::W
 constexpr int64_t kTokenChunk = 256;  // tokens per work item without patch latents
 
 struct Plan {
@@ -46,35 +48,41 @@ void scale_rows(float* x, int64_t ld, int64_t rows, int64_t c0, int64_t c1, floa
 
 struct Partials {
   float *o, *m, *l;  // per chunk: (inner_x, ld) outputs, (heads, ld) maxima and sums
+  float* xstat;      // x's LayerNorm statistics: mean (N), then 1 / std (N)
 };
 
 // Per-thread scratch of the token stage.
 struct TokenScratch {
-  float *xs, *kv, *mean, *rstd;
   static int64_t bytes(const PerceiverArgs& a, const Plan& pl, int64_t dh) {
     return arena_bytes<float>(a.C * pl.lc) + arena_bytes<float>(2 * pl.inner_x * pl.lc) +
-           2 * arena_bytes<float>(pl.lc) + BlockScratch::bytes(dh) +
-           WindowScratch::bytes(dh, a.W, pl.ws);
+           BlockScratch::bytes(dh) + WindowScratch::bytes(dh, a.W, pl.ws);
   }
 };
 
-// One chunk of tokens [n0, n0 + len): see the file comment.
+// One chunk of tokens [n0, n0 + len): see the file comment. x's LayerNorm statistics are the
+// same in every layer (x is): the first layer computes them into xstat (mean, then 1 / std, N
+// each), the others read them.
 void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, const Partials& pt,
                  const float* const* p, int64_t inner, const float* x, const float* pos,
-                 int64_t ci, int64_t dh_max) {
+                 int64_t ci, int64_t dh_max, float* xstat, bool first_layer) {
   const int64_t C = a.C, N = pl.N, lc = pl.lc, ld = b.ld, heads = a.heads, dh = inner / heads;
   const int64_t n0 = ci * pl.chunk, len = min64(pl.chunk, N - n0), lenw = round_up(len, V::W);
+  EDGETAM_PERCEIVER_FINE("tc_pre");
   Arena ar(TokenScratch::bytes(a, pl, dh_max), 1);
   float* xs = ar.take<float>(C * lc);
   float* kv = ar.take<float>(2 * pl.inner_x * lc);
-  float* mean = ar.take<float>(lc);
-  float* rstd = ar.take<float>(lc);
-  for (int64_t c0 = 0; c0 < len; c0 += kColChunk)  // pieces whose three passes stay in L1
-    ln_channels(x + n0, N, C, p[2], p[3], a.eps, xs, lc, c0, min64(len, c0 + kColChunk), mean,
-                rstd);
+  float* mean = xstat + n0;  // indexed by column within the chunk
+  float* rstd = xstat + N + n0;
+  for (int64_t c0 = 0; c0 < len; c0 += ColScratch::kChunk) {  // pieces whose passes stay in L1
+    const int64_t c1 = min64(len, c0 + ColScratch::kChunk);
+    if (first_layer) ln_stats(x + n0, N, C, a.eps, c0, c1, mean, rstd);
+    ln_apply(x + n0, N, C, p[2], p[3], xs, lc, c0, c1, mean, rstd);
+  }
   for (int64_t c = 0; c < C; ++c)
     for (int64_t n = len; n < lc; ++n) xs[c * lc + n] = 0.0f;
+  EDGETAM_PERCEIVER_FINE("tc_ln");
   project(2 * inner, C, p[5], xs, lc, kv, lc, 0, lenw, false);
+  EDGETAM_PERCEIVER_FINE("tc_proj");
   for (int64_t r = 0; r < 2 * inner; ++r)  // padding read by the window rows' last lanes
     for (int64_t n = lenw; n < lc; ++n) kv[r * lc + n] = 0.0f;
   if (pl.L2) {
@@ -85,6 +93,7 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
       window_attention(wa, ci, ws);
     }
   }
+  EDGETAM_PERCEIVER_FINE("tc_window");
   if (!pl.L1) return;
   if (pos) {  // global latents see keys and values with pos
     const int64_t nv = len / V::W * V::W;
@@ -96,6 +105,7 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
       for (; n < len; ++n) kr[n] += pr[n];
     }
   }
+  EDGETAM_PERCEIVER_FINE("tc_pos");
   BlockScratch bs(ar, dh);
   for (int64_t h = 0; h < heads; ++h) {
     const int64_t slot = ci * heads + h;
@@ -105,65 +115,142 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
     for (int64_t q0 = 0; q0 < pl.L1; q0 += kPerceiverQueries)
       block_attention(ha, q0, min64(kPerceiverQueries, pl.L1 - q0), bs);
   }
+  EDGETAM_PERCEIVER_FINE("tc_attn");
+}
+
+// Latent column chunk [c0, c1) (c1 - c0 <= ColScratch::kChunk), the columns' share of the
+// latent side of a layer, in the order the stages need it. Each runs as one work item, so the
+// chunk's columns stay on one core through the layer (parallel_cols).
+struct ColCtx {
+  const PerceiverArgs& a;
+  const Plan& pl;
+  const LatentBufs& b;
+  const Partials& pt;
+  int64_t c0, c1, n;  // columns, and how many of them are real (the rest padding)
+  ColScratch& s;
+  float* lat() const { return b.lat + c0; }
+};
+
+// Latents in, transposed: columns [c0, c0 + n) of the (C, ld) block.
+void load_latents(const ColCtx& x) {
+  const PerceiverArgs& a = x.a;
+  for (int64_t c = 0; c < a.C; ++c) {
+    float* r = x.b.lat + c * x.b.ld;
+    for (int64_t l = x.c0; l < x.c0 + x.n; ++l)
+      r[l] = l < x.pl.L1 ? a.lat1[l * a.C + c] : a.lat2[(l - x.pl.L1) * a.C + c];
+  }
+}
+
+// Q^T of `layer`'s cross-attention: Wq LN(lat)^T, scaled for the base-2 softmax.
+void cross_queries(const ColCtx& x, int64_t layer) {
+  const PerceiverArgs& a = x.a;
+  const float* const* p = a.w + layer * a.n_per_layer;
+  const int64_t inner = a.inner[layer], ld = x.b.ld, nc = x.c1 - x.c0;
+  x.s.norm(x.lat(), ld, a.C, p[0], p[1], a.eps, x.n, nc);
+  project(inner, a.C, p[4], x.s.ln, x.s.ld, x.b.q + x.c0, ld, 0, nc, false);
+  scale_rows(x.b.q, ld, inner, x.c0, x.c1, softmax_scale(inner / a.heads));
+}
+
+// After the token stage: merge the global partials, lat += Wout O^T, the feed-forward, then
+// the self-attention's operands (V for every column; Q, K for global ones; a patch latent's
+// output is its V).
+void cross_out(const ColCtx& x, int64_t layer) {
+  const PerceiverArgs& a = x.a;
+  const Plan& pl = x.pl;
+  const LatentBufs& b = x.b;
+  const float* const* p = a.w + layer * a.n_per_layer;
+  const int64_t inner = a.inner[layer], dh = inner / a.heads, ld = b.ld, nc = x.c1 - x.c0;
+  const int64_t c0 = x.c0, c1 = x.c1;
+  if (c0 < pl.L1) {
+    Arena ar(arena_bytes<float>(pl.nchunks * V::W), 2);
+    float* wts = ar.take<float>(pl.nchunks * V::W);
+    for (int64_t h = 0; h < a.heads; ++h)
+      merge_partials(pl.nchunks, dh, x.pt.o + h * dh * ld, pl.inner_x, x.pt.m + h * ld,
+                     x.pt.l + h * ld, a.heads * ld, ld, b.o + h * dh * ld, c0, min64(c1, pl.L1),
+                     wts);
+  }
+  project(a.C, inner, p[6], b.o, ld, b.lat, ld, c0, c1, true);
+  feed_forward_cols(x.lat(), ld, a.C, p + 7, a.hidden[layer], a.eps, x.n, nc, x.s);
+  if (!a.self_attn) return;
+  const float* const* s = p + 11;
+  const int64_t inner_s = a.inner_s[layer];
+  x.s.norm(x.lat(), ld, a.C, s[0], s[1], a.eps, x.n, nc);
+  project(inner_s, a.C, s[3] + inner_s * a.C, x.s.ln, x.s.ld, b.v + c0, ld, 0, nc, false);
+  if (c0 < pl.L1) {
+    project(inner_s, a.C, s[2], x.s.ln, x.s.ld, b.q + c0, ld, 0, nc, false);
+    scale_rows(b.q, ld, inner_s, c0, c1, softmax_scale(inner_s / a.heads));
+    project(inner_s, a.C, s[3], x.s.ln, x.s.ld, b.k + c0, ld, 0, nc, false);
+  }
+  for (int64_t r = 0; r < inner_s; ++r)  // patch latents: softmax over one key is 1
+    for (int64_t l = max64(c0, pl.L1); l < c0 + x.n; ++l) b.o[r * ld + l] = b.v[r * ld + l];
+}
+
+// After the self-attention: lat += Wout O^T, the feed-forward.
+void self_out(const ColCtx& x, int64_t layer) {
+  const PerceiverArgs& a = x.a;
+  const float* const* s = a.w + layer * a.n_per_layer + 11;
+  const int64_t ld = x.b.ld;
+  project(a.C, a.inner_s[layer], s[4], x.b.o, ld, x.b.lat, ld, x.c0, x.c1, true);
+  feed_forward_cols(x.lat(), ld, a.C, s + 5, a.hidden_s[layer], a.eps, x.n, x.c1 - x.c0, x.s);
+}
+
+// The last layer's end: the final LayerNorm, written token-major to out (L, C).
+void final_norm(const ColCtx& x, float* out) {
+  const PerceiverArgs& a = x.a;
+  x.s.norm(x.lat(), x.b.ld, a.C, a.norm_w, a.norm_b, a.eps, x.n, x.c1 - x.c0);
+  for (int64_t l = 0; l < x.n; ++l)
+    for (int64_t c = 0; c < a.C; ++c) out[(x.c0 + l) * a.C + c] = x.s.ln[c * x.s.ld + l];
 }
 
 void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, const Plan& pl,
                      const LatentBufs& b, const Partials& pt) {
-  const int64_t C = a.C, N = pl.N, L1 = pl.L1, L2 = pl.L2, L = pl.L, ld = b.ld;
-  const float* x = a.x + bi * C * N;
+  const int64_t L1 = pl.L1, L = pl.L, ld = b.ld;
+  const float* x = a.x + bi * a.C * pl.N;
   const float* pos = (a.pos && L1) ? a.pos + bi * a.pos_bstride : nullptr;
-  for (int64_t c = 0; c < C; ++c) {  // latents in, transposed
-    float* r = b.lat + c * ld;
-    for (int64_t l = 0; l < L1; ++l) r[l] = a.lat1[l * C + c];
-    for (int64_t l = 0; l < L2; ++l) r[L1 + l] = a.lat2[l * C + c];
+  float* out = a.out + bi * L * a.C;
+  int64_t dh_max = 1, rows = a.C, hidden = 1;  // per-thread scratch sizes (every layer)
+  for (int64_t layer = 0; layer < a.depth; ++layer) {
+    dh_max = max64(dh_max, a.inner[layer] / a.heads);
+    rows = max64(rows, a.inner[layer]);
+    hidden = max64(hidden, a.hidden[layer]);
+    if (a.self_attn) hidden = max64(hidden, a.hidden_s[layer]);
   }
-  int64_t dh_max = 1;
-  for (int64_t layer = 0; layer < a.depth; ++layer) dh_max = max64(dh_max, a.inner[layer] / a.heads);
-  EDGETAM_PERCEIVER_STAGE("setup");
+  // Runs stage(ctx) on every latent column chunk, each chunk on its owner thread.
+  auto cols = [&](auto stage) {
+    parallel_cols(par, L, ColScratch::kChunk, [&](int64_t c0, int64_t c1) {
+      Arena ar(ColScratch::bytes(rows, hidden), 1);
+      ColScratch s(ar, rows, hidden);
+      const ColCtx cx{a, pl, b, pt, c0, c1, min64(c1, L) - c0, s};
+      stage(cx);
+    });
+  };
+  cols([&](const ColCtx& cx) {
+    load_latents(cx);
+    cross_queries(cx, 0);
+  });
+  EDGETAM_PERCEIVER_STAGE("q_proj");
 
   for (int64_t layer = 0; layer < a.depth; ++layer) {
     const float* const* p = a.w + layer * a.n_per_layer;
-    const int64_t inner = a.inner[layer], hidden = a.hidden[layer], dh = inner / a.heads;
-    parallel_cols(par, L, kColChunk, [&](int64_t c0, int64_t c1) {
-      ln_channels(b.lat, ld, C, p[0], p[1], a.eps, b.ln, ld, c0, min64(c1, L), b.mean, b.rstd);
-      project(inner, C, p[4], b.ln, ld, b.q, ld, c0, c1, false);
-      scale_rows(b.q, ld, inner, c0, c1, softmax_scale(dh));
-    });
-    EDGETAM_PERCEIVER_STAGE("q_proj");
+    const int64_t inner = a.inner[layer];
+    const bool last = layer + 1 == a.depth;
     parallel_items(par, pl.nchunks, [&](int64_t ci) {
-      token_chunk(a, pl, b, pt, p, inner, x, pos, ci, dh_max);
+      token_chunk(a, pl, b, pt, p, inner, x, pos, ci, dh_max, pt.xstat, layer == 0);
     });
     EDGETAM_PERCEIVER_STAGE("tokens_attn");
-    parallel_cols(par, L, kColChunk, [&](int64_t c0, int64_t c1) {
-      if (c0 < L1) {
-        Arena ar(arena_bytes<float>(pl.nchunks * V::W), 1);
-        float* wts = ar.take<float>(pl.nchunks * V::W);
-        for (int64_t h = 0; h < a.heads; ++h)
-          merge_partials(pl.nchunks, dh, pt.o + h * dh * ld, pl.inner_x, pt.m + h * ld,
-                         pt.l + h * ld, a.heads * ld, ld, b.o + h * dh * ld, c0, min64(c1, L1),
-                         wts);
-      }
-      project(C, inner, p[6], b.o, ld, b.lat, ld, c0, c1, true);
-      feed_forward_cols(b, C, L, p + 7, hidden, a.eps, c0, c1);
+    // Without self-attention the layer's end follows the feed-forward in the same item.
+    cols([&](const ColCtx& cx) {
+      cross_out(cx, layer);
+      if (a.self_attn) return;
+      if (last)
+        final_norm(cx, out);
+      else
+        cross_queries(cx, layer + 1);
     });
     EDGETAM_PERCEIVER_STAGE("out_ff");
     if (!a.self_attn) continue;
 
-    const int64_t inner_s = a.inner_s[layer], hidden_s = a.hidden_s[layer];
-    const float* const* s = p + 11;
-    const int64_t dhs = inner_s / a.heads;
-    parallel_cols(par, L, kColChunk, [&](int64_t c0, int64_t c1) {
-      ln_channels(b.lat, ld, C, s[0], s[1], a.eps, b.ln, ld, c0, min64(c1, L), b.mean, b.rstd);
-      project(inner_s, C, s[3] + inner_s * C, b.ln, ld, b.v, ld, c0, c1, false);
-      if (c0 < L1) {
-        project(inner_s, C, s[2], b.ln, ld, b.q, ld, c0, c1, false);
-        scale_rows(b.q, ld, inner_s, c0, c1, softmax_scale(dhs));
-        project(inner_s, C, s[3], b.ln, ld, b.k, ld, c0, c1, false);
-      }
-      for (int64_t r = 0; r < inner_s; ++r)  // patch latents: softmax over one key is 1
-        for (int64_t l = max64(c0, L1); l < min64(c1, L); ++l) b.o[r * ld + l] = b.v[r * ld + l];
-    });
-    EDGETAM_PERCEIVER_STAGE("self_proj");
+    const int64_t dhs = a.inner_s[layer] / a.heads;
     if (L1) {
       const int64_t nqb = ceil_div(L1, kPerceiverQueries);
       parallel_items(par, a.heads * nqb, [&](int64_t it) {
@@ -176,20 +263,15 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, co
       });
     }
     EDGETAM_PERCEIVER_STAGE("self_attn");
-    parallel_cols(par, L, kColChunk, [&](int64_t c0, int64_t c1) {
-      project(C, inner_s, s[4], b.o, ld, b.lat, ld, c0, c1, true);
-      feed_forward_cols(b, C, L, s + 5, hidden_s, a.eps, c0, c1);
+    cols([&](const ColCtx& cx) {
+      self_out(cx, layer);
+      if (last)
+        final_norm(cx, out);
+      else
+        cross_queries(cx, layer + 1);
     });
     EDGETAM_PERCEIVER_STAGE("self_out_ff");
   }
-  float* out = a.out + bi * L * C;
-  parallel_cols(par, L, kColChunk, [&](int64_t c0, int64_t c1) {
-    const int64_t l1 = min64(c1, L);
-    ln_channels(b.lat, ld, C, a.norm_w, a.norm_b, a.eps, b.ln, ld, c0, l1, b.mean, b.rstd);
-    for (int64_t l = c0; l < l1; ++l)
-      for (int64_t c = 0; c < C; ++c) out[l * C + c] = b.ln[c * ld + l];
-  });
-  EDGETAM_PERCEIVER_STAGE("final_ln");
 }
 
 }  // namespace
@@ -206,35 +288,29 @@ void spatial_perceiver(const PerceiverArgs& a, const Parallel& par) {
   pl.chunk = pl.L2 ? pl.ws * a.W : min64(kTokenChunk, pl.N);
   pl.nchunks = ceil_div(pl.N, pl.chunk);
   pl.lc = ld_cols(pl.chunk);
-  int64_t inner = C, hidden = 1;
+  int64_t inner = C;  // rows of the shared latent blocks
   pl.inner_x = 1;
   for (int64_t l = 0; l < a.depth; ++l) {
     pl.inner_x = max64(pl.inner_x, a.inner[l]);
     inner = max64(inner, a.inner[l]);
-    hidden = max64(hidden, a.hidden[l]);
-    if (a.self_attn) {
-      inner = max64(inner, a.inner_s[l]);
-      hidden = max64(hidden, a.hidden_s[l]);
-    }
+    if (a.self_attn) inner = max64(inner, a.inner_s[l]);
   }
   LatentBufs b;
   b.ld = pl.ld = ld_cols(pl.L);
   const int64_t ld = b.ld, P = pl.L1 ? pl.nchunks : 0;
-  const int64_t sizes[] = {inner * ld, inner * ld, inner * ld, inner * ld, inner * ld,
-                           inner * ld, hidden * ld, ld, ld, P * pl.inner_x * ld,
-                           P * a.heads * ld, P * a.heads * ld};
+  const int64_t sizes[] = {C * ld, inner * ld, inner * ld, inner * ld, inner * ld,
+                           P * pl.inner_x * ld, P * a.heads * ld, P * a.heads * ld, 2 * pl.N};
   int64_t bytes = 0;
   for (int64_t n : sizes) bytes += arena_bytes<float>(max64(n, 1));
   Arena ar(bytes, 0);
   Partials pt;
-  float** slots[] = {&b.lat, &b.ln, &b.q, &b.k, &b.v, &b.o, &b.h, &b.mean, &b.rstd,
-                     &pt.o, &pt.m, &pt.l};
-  for (int i = 0; i < 12; ++i) *slots[i] = ar.take<float>(max64(sizes[i], 1));
+  float** slots[] = {&b.lat, &b.q, &b.k, &b.v, &b.o, &pt.o, &pt.m, &pt.l, &pt.xstat};
+  for (int i = 0; i < 9; ++i) *slots[i] = ar.take<float>(max64(sizes[i], 1));
   // Padding columns go through the products as whole vectors but hold no latent: zero them
   // once (the scratch is reused between calls), and they stay zero (products of zeros).
-  float* const latent_bufs[] = {b.lat, b.ln, b.q, b.k, b.v, b.o, b.h};
-  for (int i = 0; i < 7; ++i) {
-    const int64_t rows = i == 6 ? hidden : inner;
+  float* const latent_bufs[] = {b.lat, b.q, b.k, b.v, b.o};
+  for (int i = 0; i < 5; ++i) {
+    const int64_t rows = i == 0 ? C : inner;
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t l = pl.L; l < ld; ++l) latent_bufs[i][r * ld + l] = 0.0f;
   }

@@ -30,22 +30,59 @@ void parallel_items(const Parallel& par, int64_t n, const F& f) {
   });
 }
 
+// A small number per thread, fixed for the thread's life: the first perceiver work item a
+// thread runs numbers it. Only used to prefer an owner's items (parallel_owned); any numbering
+// is correct, a good one keeps data in one core's caches.
+inline int64_t worker_id() {
+  static int64_t next = 0;
+  static thread_local int64_t id = -1;
+  if (id < 0) id = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+  return id;
+}
+
+// Runs f(i) for i in [0, n) like parallel_items, but item i belongs to worker i % T and workers
+// take their own items first, then help with the others' (so a descheduled thread still delays
+// only what it holds). Latent column chunks go through here: their columns are read and written
+// by every stage of a layer, and a chunk that changed cores between stages would pay a
+// cross-core transfer for every cache line (measured: 1.3-2x per item at 2 threads).
+template <class F>
+void parallel_owned(const Parallel& par, int64_t n, const F& f) {
+  const int64_t T = min64(min64(par.threads, n), 64);
+  if (T <= 1) {
+    for (int64_t i = 0; i < n; ++i) f(i);
+    return;
+  }
+  int64_t taken[64] = {};  // per owner: how many of its items were claimed (may overshoot)
+  parallel_items(par, n, [&](int64_t) {
+    // Each of the n tickets claims exactly one item: fewer than n claims were made before it.
+    const int64_t me = worker_id() % T;
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t o = (me + k) % T, cnt = (n - o + T - 1) / T;  // items o, o + T, ...
+      if (__atomic_load_n(&taken[o], __ATOMIC_RELAXED) >= cnt) continue;
+      const int64_t j = __atomic_fetch_add(&taken[o], 1, __ATOMIC_RELAXED);
+      if (j < cnt) {
+        f(o + j * T);
+        return;
+      }
+    }
+  });
+}
+
 // Runs f(c0, c1) over column chunks of [0, n) of `width` columns (a multiple of V::W; the last
-// chunk may be narrower, its end rounded up to V::W), in parallel.
+// chunk may be narrower, its end rounded up to V::W), in parallel, chunk i owned by worker i % T.
 template <class F>
 void parallel_cols(const Parallel& par, int64_t n, int64_t width, const F& f) {
   const int64_t nw = round_up(n, V::W);
-  parallel_items(par, ceil_div(nw, width), [&](int64_t i) {
+  parallel_owned(par, ceil_div(nw, width), [&](int64_t i) {
     f(i * width, min64(nw, (i + 1) * width));
   });
 }
 
-// LayerNorm over channels of a channel-major (C, ldx) block, columns [n0, n1): y (C, ldy).
-// Statistics per column are vectorized across columns; mean and rstd are scratch indexed by
-// column (callers give disjoint column ranges to different threads).
-void ln_channels(const float* x, int64_t ldx, int64_t C, const float* w, const float* b,
-                 float eps, float* y, int64_t ldy, int64_t n0, int64_t n1, float* mean,
-                 float* rstd) {
+// LayerNorm over channels of a channel-major (C, ldx) block, columns [n0, n1): statistics per
+// column (mean, 1 / std: scratch indexed by column; callers give disjoint column ranges to
+// different threads), vectorized across columns.
+void ln_stats(const float* x, int64_t ldx, int64_t C, float eps, int64_t n0, int64_t n1,
+              float* mean, float* rstd) {
   constexpr int64_t W = V::W;
   for (int64_t n = n0; n < n1; ++n) mean[n] = rstd[n] = 0.0f;
   int64_t nv = n0 + (n1 - n0) / W * W;
@@ -67,6 +104,13 @@ void ln_channels(const float* x, int64_t ldx, int64_t C, const float* w, const f
     for (; n < n1; ++n) rstd[n] += (xc[n] - mean[n]) * (xc[n] - mean[n]);
   }
   for (int64_t n = n0; n < n1; ++n) rstd[n] = 1.0f / std::sqrt(rstd[n] * invc + eps);
+}
+
+// y (C, ldy) = LN(x) with the statistics of ln_stats and the affine weight w, bias b.
+void ln_apply(const float* x, int64_t ldx, int64_t C, const float* w, const float* b, float* y,
+              int64_t ldy, int64_t n0, int64_t n1, const float* mean, const float* rstd) {
+  constexpr int64_t W = V::W;
+  int64_t nv = n0 + (n1 - n0) / W * W;
   for (int64_t c = 0; c < C; ++c) {
     const float* xc = x + c * ldx;
     float* yc = y + c * ldy;
@@ -76,6 +120,13 @@ void ln_channels(const float* x, int64_t ldx, int64_t C, const float* w, const f
       V::store(yc + n, V::fma(V::mul(V::sub(V::load(xc + n), V::load(mean + n)), V::load(rstd + n)), wv, bv));
     for (; n < n1; ++n) yc[n] = (xc[n] - mean[n]) * rstd[n] * w[c] + b[c];
   }
+}
+
+void ln_channels(const float* x, int64_t ldx, int64_t C, const float* w, const float* b,
+                 float eps, float* y, int64_t ldy, int64_t n0, int64_t n1, float* mean,
+                 float* rstd) {
+  ln_stats(x, ldx, C, eps, n0, n1, mean, rstd);
+  ln_apply(x, ldx, C, w, b, y, ldy, n0, n1, mean, rstd);
 }
 
 // Exact-erf GELU, 0.5 (x + |x| erf(|x| / sqrt 2)), erf by Abramowitz-Stegun 7.1.26
@@ -105,20 +156,49 @@ inline void project(int64_t O, int64_t I, const float* w, const float* in, int64
   gemm<false>(O, c1 - c0, I, w, I, 1, in + c0, ldi, out + c0, ldo, acc, nullptr);
 }
 
-// Scratch of one perceiver call that every thread shares (columns are split between threads).
+// Latent state of one perceiver call that every thread shares (columns are split between
+// threads): the latents and the attention operands, (rows, ld) each.
 struct LatentBufs {
-  float *lat, *ln, *q, *k, *v, *o, *h, *mean, *rstd;
+  float *lat, *q, *k, *v, *o;
   int64_t ld;  // leading dimension of every (rows, L) block
 };
 
-// Columns [c0, c1) of the latents += FF(latents): W2 gelu(W1 LN(lat)), residual in the GEMM.
-// f: LN weight, LN bias, W1 (hidden, C), W2 (C, hidden). L: real columns (LN skips padding).
-void feed_forward_cols(const LatentBufs& t, int64_t C, int64_t L, const float* const* f,
-                       int64_t hidden, float eps, int64_t c0, int64_t c1) {
-  ln_channels(t.lat, t.ld, C, f[0], f[1], eps, t.ln, t.ld, c0, min64(c1, L), t.mean, t.rstd);
-  project(hidden, C, f[2], t.ln, t.ld, t.h, t.ld, c0, c1, false);
-  for (int64_t r = 0; r < hidden; ++r) gelu(t.h + r * t.ld + c0, c1 - c0);
-  project(C, hidden, f[3], t.h, t.ld, t.lat, t.ld, c0, c1, true);
+// Per-thread scratch of one latent column chunk (at most kChunk columns): LayerNorm output,
+// feed-forward hidden activations, statistics. Private to the thread that runs the chunk, so
+// it stays in that core's caches instead of bouncing between cores with the columns.
+struct ColScratch {
+  static constexpr int64_t kChunk = 64;  // latent columns per work item: a multiple of every V::W
+  static constexpr int64_t ld = kChunk + 16;  // see ld_cols
+  float *ln, *h, *mean, *rstd;
+  static int64_t bytes(int64_t rows, int64_t hidden) {
+    return arena_bytes<float>(rows * ld) + arena_bytes<float>(hidden * ld) +
+           2 * arena_bytes<float>(kChunk);
+  }
+  ColScratch(Arena& ar, int64_t rows, int64_t hidden) {
+    ln = ar.take<float>(rows * ld);
+    h = ar.take<float>(hidden * ld);
+    mean = ar.take<float>(kChunk);
+    rstd = ar.take<float>(kChunk);
+  }
+  // ln = LN(x) over C channels for columns [0, n) of x (ldx), zero in the padding columns
+  // [n, nc) (they then stay zero through every product).
+  void norm(const float* x, int64_t ldx, int64_t C, const float* w, const float* b, float eps,
+            int64_t n, int64_t nc) {
+    ln_channels(x, ldx, C, w, b, eps, ln, ld, 0, n, mean, rstd);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = n; j < nc; ++j) ln[c * ld + j] = 0.0f;
+  }
+};
+
+// lat[:, 0:nc] += FF(lat): W2 gelu(W1 LN(lat)), residual in the GEMM. n real columns, nc
+// columns in all (padding up to the vector width). f: LN weight, LN bias, W1 (hidden, C),
+// W2 (C, hidden).
+void feed_forward_cols(float* lat, int64_t ld, int64_t C, const float* const* f, int64_t hidden,
+                       float eps, int64_t n, int64_t nc, ColScratch& s) {
+  s.norm(lat, ld, C, f[0], f[1], eps, n, nc);
+  project(hidden, C, f[2], s.ln, s.ld, s.h, s.ld, 0, nc, false);
+  for (int64_t r = 0; r < hidden; ++r) gelu(s.h + r * s.ld, nc);
+  project(C, hidden, f[3], s.h, s.ld, lat, ld, 0, nc, true);
 }
 
 }  // namespace

@@ -117,8 +117,10 @@ def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, d
                       use_self_attn=True, eps=1e-5):
     # The perceiver kernel computes in fp32 (it is about 1 % of a frame); other dtypes convert.
     # 40-odd weights per call: skip the no-op conversions (each is a dispatcher round trip).
+    if not all(w.dtype == torch.float32 and w.is_contiguous() for w in weights):
+        weights = [_f32(w) for w in weights]
     out = _ops.spatial_perceiver(_f32(x), _f32(pos), _f32(latents_1d), _f32(latents_2d),
-                                 [_f32(w) for w in weights], _f32(norm_w), _f32(norm_b),
+                                 weights, _f32(norm_w), _f32(norm_b),
                                  int(depth), int(heads), bool(use_self_attn), float(eps))
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 

@@ -83,7 +83,13 @@ def attention_report(reps: int) -> list:
     return head + rows
 
 
-def perceiver_report(reps: int) -> list:
+def fp32_ceiling(reps: int) -> float:
+    """GFLOP/s of torch.mm fp32 4096^3 (the ceiling the attention section also measures)."""
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    return 2 * 4096**3 / _race({"mm": lambda: a @ b}, reps)["mm"] / 1e9
+
+
+def perceiver_report(reps: int, ceiling: float = 0.0) -> list:
     try:
         from sam2.modeling.perceiver import PerceiverResampler
         from sam2.modeling.position_encoding import PositionEmbeddingSine
@@ -110,7 +116,10 @@ def perceiver_report(reps: int) -> list:
     rows = ["| spatial perceiver, batch 1, 64x64x64 memory | ms | Meta / this |", "|---|---|---|"]
     for name, s in t.items():
         rows.append(f"| {name} | {s * 1e3:.1f} | {t['Meta PerceiverResampler (eval)'] / s:.2f}x |")
-    rows.append(f"\nabout {flop / 1e9:.2f} GFLOP per call: ours {flop / t['ours (C++)'] / 1e9:.0f} GFLOP/s")
+    gf = flop / t['ours (C++)'] / 1e9
+    rows.append(f"\nabout {flop / 1e9:.2f} GFLOP per call: ours {gf:.0f} GFLOP/s"
+                + (f", {gf / ceiling:.0%} of the fp32 matmul ceiling ({ceiling:.0f} GFLOP/s, "
+                   "torch.mm 4096^3, same run)" if ceiling else ""))
     return rows
 
 
@@ -118,13 +127,17 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", choices=("attention", "perceiver"), default=None,
+                   help="run one section (default: both)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     print(f"# CPU kernels: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{a.threads} threads, ISA {cpu.isa()}, min of {a.reps} interleaved rounds\n")
-    print("\n".join(attention_report(a.reps)))
-    print()
-    print("\n".join(perceiver_report(a.reps * 3)))
+    if a.only != "perceiver":
+        print("\n".join(attention_report(a.reps)))
+        print()
+    if a.only != "attention":
+        print("\n".join(perceiver_report(a.reps * 3, fp32_ceiling(a.reps))))
 
 
 if __name__ == "__main__":
