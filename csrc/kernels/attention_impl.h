@@ -26,10 +26,15 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int64_t kKeyTile = 96;  // keys per tile: a multiple of every MR, even (bf16 pairs)
+// Q^T, S^T / P and O^T rows are padded by 64 bytes: at 128 queries a row is 512 bytes, and an
+// unpadded panel read down its rows (the micro-kernel's B operand) maps onto half of the L1
+// sets only, so the P^T strip and the Q^T panel keep evicting themselves (padding: 1.01-1.07x
+// at 4096 x 4096 x 256, 2 threads).
+constexpr int64_t kRowPad = 16;
 
 struct AttnPlan {
   int64_t Mb;      // queries per block
-  int64_t ldq;     // Mb rounded up to W: leading dim of Q^T, S^T, P
+  int64_t ldq;     // Mb rounded up to W, plus kRowPad: leading dim of Q^T, S^T, P, O^T
   int64_t Dvp;     // Dv rounded up to W
   bool dot;        // native reduced-precision dot (pairs)
   bool f16;        // ... in fp16 (else bf16)
@@ -110,7 +115,8 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
   using vf = typename V::f;
   const int64_t D = a.D, Dv = a.Dv, Dvp = p.Dvp;
   const int64_t nq = min64(p.Mb, a.Nq - q0);
-  const int64_t ldq = round_up(nq, W);
+  const int64_t nqp = round_up(nq, W);  // columns computed (queries and pad lanes)
+  const int64_t ldq = nqp + kRowPad;
   const int in_round = dtype_as_compute(a.dtype);
   const int cmp = a.compute;
   const bool dot = p.dot;
@@ -157,14 +163,14 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
     }
     // S^T = K Q^T
     if (dot && p.f16)
-      gemm<2>(nk, ldq, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+      gemm<2>(nk, nqp, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     else if (dot)
-      gemm<1>(nk, ldq, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+      gemm<1>(nk, nqp, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     else
-      gemm<false>(nk, ldq, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+      gemm<false>(nk, nqp, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     // Online softmax down each column (query), the running max raised lazily (kLazyMax).
     bool rescale = false;
-    for (int64_t i0 = 0; i0 < ldq; i0 += W) {
+    for (int64_t i0 = 0; i0 < nqp; i0 += W) {
       const vf mo = V::load(s.m + i0);
       const vf mx = col_max(s.s + i0, ldq, nk);
       const vf mn = V::max(mo, V::sub(V::mul(mx, cmul), V::set1(kLazyMax)));
@@ -187,7 +193,7 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
     if (k0 > 0 && rescale) {  // O^T columns (queries) by alpha
       for (int64_t d = 0; d < Dv; ++d) {
         float* od = s.o + d * ldq;
-        for (int64_t i0 = 0; i0 < ldq; i0 += W)
+        for (int64_t i0 = 0; i0 < nqp; i0 += W)
           V::store(od + i0, V::mul(V::load(od + i0), V::load(s.alpha + i0)));
       }
     }
@@ -201,7 +207,7 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
       const vf z = V::zero();
       for (int64_t jp = 0; jp < kp; ++jp) {
         const bool has2 = 2 * jp + 1 < nk;
-        for (int64_t i0 = 0; i0 < ldq; i0 += W) {  // P pairs: the B operand
+        for (int64_t i0 = 0; i0 < nqp; i0 += W) {  // P pairs: the B operand
           const vf lo = V::load(s.s + 2 * jp * ldq + i0);
           const vf hi = has2 ? V::load(s.s + (2 * jp + 1) * ldq + i0) : z;
           if (p.f16)
@@ -234,11 +240,11 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
     }
     // O^T = alpha O^T + V^T P^T (first tile: no accumulation)
     if (dot && p.f16)
-      gemm<2>(Dv, ldq, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
+      gemm<2>(Dv, nqp, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
     else if (dot)
-      gemm<1>(Dv, ldq, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
+      gemm<1>(Dv, nqp, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
     else
-      gemm<false>(Dv, ldq, kp, vsrc, 1, ldv, s.s, ldq, s.o, ldq, k0 > 0, nullptr);
+      gemm<false>(Dv, nqp, kp, vsrc, 1, ldv, s.s, ldq, s.o, ldq, k0 > 0, nullptr);
   }
   // O = (O^T)^T / l, a 16-query slab at a time through rows of the (now free) V buffer.
   for (int64_t i = 0; i < nq; ++i) s.l[i] = 1.0f / s.l[i];
@@ -294,7 +300,7 @@ void EDGETAM_ATTN_ENTRY(const RopeAttnArgs& a, const Parallel& par) {
   const int64_t bh = a.B * a.H;
   while (Mb > V::NR * W && bh * ceil_div(a.Nq, Mb) < 4 * int64_t(par.threads)) Mb /= 2;
   p.Mb = Mb;
-  p.ldq = round_up(Mb, W);
+  p.ldq = round_up(Mb, W) + kRowPad;
   p.Dvp = round_up(a.Dv, W);
   p.v_direct = !p.dot && a.dtype == kF32 && a.compute == kComputeF32;  // any Dv: A operand
   job.nqb = ceil_div(a.Nq, Mb);
