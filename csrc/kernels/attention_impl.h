@@ -31,6 +31,13 @@ constexpr int64_t kKeyTile = 96;  // keys per tile: a multiple of every MR, even
 // sets only, so the P^T strip and the Q^T panel keep evicting themselves (padding: 1.01-1.07x
 // at 4096 x 4096 x 256, 2 threads).
 constexpr int64_t kRowPad = 16;
+// After the first tile, probabilities are computed against the running max as it stands, in one
+// pass that also tracks the column max; only when some probability of a column group exceeds
+// 2^kLazyTrig is that group recomputed with the max raised (to its maximum minus kLazyMax). So
+// a new column maximum moves the max only if it beats the old one by 2^(kLazyTrig - kLazyMax):
+// the max rarely moves, O^T is rarely rescaled, and the scores are read once. Sums stay below
+// Nk * 2^kLazyTrig.
+constexpr float kLazyTrig = 16.0f;
 
 struct AttnPlan {
   int64_t Mb;      // queries per block
@@ -59,11 +66,11 @@ inline int dtype_as_compute(int dtype) {
 }
 
 struct AttnScratch {
-  float *row0, *row1, *qt, *kr, *s, *pp, *vb, *o, *m, *l, *alpha;
+  float *row0, *row1, *qt, *kr, *s, *pt, *pp, *vb, *o, *m, *l, *alpha;
   static int64_t bytes(const RopeAttnArgs& a, const AttnPlan& p) {
     const int64_t rowlen = max64(a.D, p.Dvp);
     return 2 * arena_bytes<float>(rowlen) + arena_bytes<float>(a.D * p.ldq) +
-           arena_bytes<float>(kKeyTile * a.D) + arena_bytes<float>(kKeyTile * p.ldq) +
+           arena_bytes<float>(kKeyTile * a.D) + 2 * arena_bytes<float>(kKeyTile * p.ldq) +
            arena_bytes<float>((kKeyTile / 2 + 1) * p.ldq) +
            arena_bytes<float>(max64(kKeyTile + 1, 16) * p.Dvp) +
            arena_bytes<float>(p.ldq * p.Dvp) +
@@ -76,6 +83,7 @@ struct AttnScratch {
     qt = ar.take<float>(a.D * p.ldq);
     kr = ar.take<float>(kKeyTile * a.D);
     s = ar.take<float>(kKeyTile * p.ldq);
+    pt = ar.take<float>(kKeyTile * p.ldq);  // P^T, apart from S^T so a group can be redone
     pp = ar.take<float>((kKeyTile / 2 + 1) * p.ldq);
     vb = ar.take<float>(max64(kKeyTile + 1, 16) * p.Dvp);
     o = ar.take<float>(p.ldq * p.Dvp);
@@ -168,27 +176,59 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
       gemm<1>(nk, nqp, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     else
       gemm<false>(nk, nqp, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
-    // Online softmax down each column (query), the running max raised lazily (kLazyMax).
+    // Online softmax down each column (query) into P^T (kLazyTrig).
     bool rescale = false;
     for (int64_t i0 = 0; i0 < nqp; i0 += W) {
       const vf mo = V::load(s.m + i0);
-      const vf mx = col_max(s.s + i0, ldq, nk);
-      const vf mn = V::max(mo, V::sub(V::mul(mx, cmul), V::set1(kLazyMax)));
-      const vf neg = V::sub(V::zero(), mn);
-      vf sum = V::zero();
-      for (int64_t j = 0; j < nk; ++j) {
-        float* sp = s.s + j * ldq + i0;
-        vf pj = V::exp2(V::fma(V::load(sp), cmul, neg));
-        if (!dot && cmp == kComputeBF16) pj = V::round_bf16(pj);
-        if (!dot && cmp == kComputeF16) pj = V::round_f16(pj);
-        V::store(sp, pj);
-        sum = V::add(sum, pj);
+      vf mn = mo, sum = V::zero();
+      bool redo = k0 == 0;
+      if (!redo) {  // against the running max; the largest exponent tracked on the way
+        const vf neg = V::sub(V::zero(), mo);
+        vf xm0 = V::set1(-__builtin_inff()), xm1 = xm0, sum1 = sum;
+        int64_t j = 0;
+        for (; j + 2 <= nk; j += 2) {  // two chains: max and add latencies overlap
+          const vf x0 = V::fma(V::load(s.s + j * ldq + i0), cmul, neg);
+          const vf x1 = V::fma(V::load(s.s + (j + 1) * ldq + i0), cmul, neg);
+          xm0 = V::max(xm0, x0);
+          xm1 = V::max(xm1, x1);
+          vf p0 = V::exp2(x0), p1 = V::exp2(x1);
+          if (!dot && cmp == kComputeBF16) p0 = V::round_bf16(p0), p1 = V::round_bf16(p1);
+          if (!dot && cmp == kComputeF16) p0 = V::round_f16(p0), p1 = V::round_f16(p1);
+          V::store(s.pt + j * ldq + i0, p0);
+          V::store(s.pt + (j + 1) * ldq + i0, p1);
+          sum = V::add(sum, p0);
+          sum1 = V::add(sum1, p1);
+        }
+        for (; j < nk; ++j) {
+          const vf x0 = V::fma(V::load(s.s + j * ldq + i0), cmul, neg);
+          xm0 = V::max(xm0, x0);
+          vf p0 = V::exp2(x0);
+          if (!dot && cmp == kComputeBF16) p0 = V::round_bf16(p0);
+          if (!dot && cmp == kComputeF16) p0 = V::round_f16(p0);
+          V::store(s.pt + j * ldq + i0, p0);
+          sum = V::add(sum, p0);
+        }
+        sum = V::add(sum, sum1);
+        redo = !(V::hmax(V::max(xm0, xm1)) <= kLazyTrig);  // NaN: redo (harmless)
+      }
+      if (redo) {  // first tile, or the max must move: raise it, recompute the group
+        const vf mx = col_max(s.s + i0, ldq, nk);
+        mn = V::max(mo, V::sub(V::mul(mx, cmul), V::set1(kLazyMax)));
+        const vf neg = V::sub(V::zero(), mn);
+        sum = V::zero();
+        for (int64_t j = 0; j < nk; ++j) {
+          vf pj = V::exp2(V::fma(V::load(s.s + j * ldq + i0), cmul, neg));
+          if (!dot && cmp == kComputeBF16) pj = V::round_bf16(pj);
+          if (!dot && cmp == kComputeF16) pj = V::round_f16(pj);
+          V::store(s.pt + j * ldq + i0, pj);
+          sum = V::add(sum, pj);
+        }
+        rescale = rescale || !(V::hmax(V::sub(mn, mo)) == 0.0f);  // NaN: rescale (harmless)
       }
       const vf alpha = V::exp2(V::sub(mo, mn));
       V::store(s.l + i0, V::fma(V::load(s.l + i0), alpha, sum));
       V::store(s.m + i0, mn);
       V::store(s.alpha + i0, alpha);
-      rescale = rescale || !(V::hmax(V::sub(mn, mo)) == 0.0f);  // NaN: rescale (harmless)
     }
     if (k0 > 0 && rescale) {  // O^T columns (queries) by alpha
       for (int64_t d = 0; d < Dv; ++d) {
@@ -208,8 +248,8 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
       for (int64_t jp = 0; jp < kp; ++jp) {
         const bool has2 = 2 * jp + 1 < nk;
         for (int64_t i0 = 0; i0 < nqp; i0 += W) {  // P pairs: the B operand
-          const vf lo = V::load(s.s + 2 * jp * ldq + i0);
-          const vf hi = has2 ? V::load(s.s + (2 * jp + 1) * ldq + i0) : z;
+          const vf lo = V::load(s.pt + 2 * jp * ldq + i0);
+          const vf hi = has2 ? V::load(s.pt + (2 * jp + 1) * ldq + i0) : z;
           if (p.f16)
             V::store_pairs_f16_planar(pp + jp * ldq + i0, lo, hi);
           else
@@ -244,7 +284,7 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
     else if (dot)
       gemm<1>(Dv, nqp, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
     else
-      gemm<false>(Dv, nqp, kp, vsrc, 1, ldv, s.s, ldq, s.o, ldq, k0 > 0, nullptr);
+      gemm<false>(Dv, nqp, kp, vsrc, 1, ldv, s.pt, ldq, s.o, ldq, k0 > 0, nullptr);
   }
   // O = (O^T)^T / l, a 16-query slab at a time through rows of the (now free) V buffer.
   for (int64_t i = 0; i < nq; ++i) s.l[i] = 1.0f / s.l[i];
