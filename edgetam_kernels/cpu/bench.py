@@ -118,13 +118,15 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-perceiver", action="store_true", help="attention section only")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     print(f"# CPU kernels: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{a.threads} threads, ISA {cpu.isa()}, min of {a.reps} interleaved rounds\n")
     print("\n".join(attention_report(a.reps)))
-    print()
-    print("\n".join(perceiver_report(a.reps * 3)))
+    if not a.no_perceiver:
+        print()
+        print("\n".join(perceiver_report(a.reps * 3)))
 
 
 if __name__ == "__main__":
