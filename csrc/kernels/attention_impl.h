@@ -8,11 +8,12 @@
 //   per key tile of NT keys: rotate the keys as they are loaded (EdgeTAM / SAM 2 rule: frames of
 //         k_frame tokens whose last k_nrot are rotated on the k grid; trailing keys never),
 //         S^T = K Q^T [NT x Mb], online softmax down the columns (one query per lane: no
-//         horizontal reductions), O^T = alpha O^T + V^T P^T [Dv x Mb] with V read in place as
-//         the broadcast operand (faster than O = P V, whose broadcast operand P^T is re-read
-//         for every strip of O); O transposed back once per block.
-// Keys are rotated once per head when several query blocks share them (AttnPlan::keys), else
-// per tile; queries once per block.
+//         horizontal reductions), O^T = alpha O^T + V^T P^T [Dv x Mb] with V as the broadcast
+//         operand (faster than O = P V, whose broadcast operand P^T is re-read for every strip
+//         of O); O transposed back once per block.
+// Keys are rotated once per head when several query blocks share them (AttnPlan::keys), and
+// fp32 values then packed into micro-panels (AttnPlan::vpk); else keys per tile and V read in
+// place. Queries once per block.
 #pragma once
 #include "common.h"
 
