@@ -336,14 +336,14 @@ void keys_body(void* ctx, int64_t b, int64_t e) {
       prepare_key(a, job.p, bh, key, row0, keys, bh * a.Nk + key);
     if (job.p.vpk) {  // the same keys' values into the micro-panels
       constexpr int64_t MR = V::MR;
-      const int64_t nb = ceil_div(a.Dv, MR), k1 = min64(a.Nk, k0 + kKeyTile);
-      for (int64_t mb = 0; mb < nb; ++mb) {
-        float* dst = job.p.vpk + ((bh * nb + mb) * a.Nk + k0) * MR;
-        const int64_t nc = min64(MR, a.Dv - mb * MR);
-        for (int64_t key = k0; key < k1; ++key, dst += MR) {
-          const float* src = static_cast<const float*>(a.v) + (bh * a.Nk + key) * a.Dv + mb * MR;
-          for (int64_t c = 0; c < MR; ++c) dst[c] = c < nc ? src[c] : 0.0f;
-        }
+      const int64_t nb = ceil_div(a.Dv, MR), full = a.Dv / MR, pstride = a.Nk * MR;
+      for (int64_t key = k0; key < min64(a.Nk, k0 + kKeyTile); ++key) {  // a row at a time
+        const float* src = static_cast<const float*>(a.v) + (bh * a.Nk + key) * a.Dv;
+        float* dst = job.p.vpk + (bh * nb * a.Nk + key) * MR;
+        for (int64_t mb = 0; mb < full; ++mb)
+          std::memcpy(dst + mb * pstride, src + mb * MR, sizeof(float) * MR);
+        for (int64_t c = 0; full < nb && c < MR; ++c)  // short last panel: zero past Dv
+          dst[full * pstride + c] = full * MR + c < a.Dv ? src[full * MR + c] : 0.0f;
       }
     }
   }
