@@ -382,9 +382,9 @@ void EDGETAM_ATTN_ENTRY(const RopeAttnArgs& a, const Parallel& par) {
   // allocated between calls).
   if (job.nqb > 1 && key_bytes <= (int64_t(64) << 20)) {
     p.keys = thread_scratch(3, key_bytes);
-    if (p.v_direct)
-      p.vpk = reinterpret_cast<float*>(
-          thread_scratch(2, bh * ceil_div(a.Dv, int64_t(V::MR)) * V::MR * a.Nk * 4));
+    const int64_t vpk_bytes = bh * ceil_div(a.Dv, int64_t(V::MR)) * V::MR * a.Nk * 4;
+    if (p.v_direct && vpk_bytes <= (int64_t(64) << 20))  // same cap as the keys
+      p.vpk = reinterpret_cast<float*>(thread_scratch(2, vpk_bytes));
     par.run(par.self, bh * ceil_div(a.Nk, kKeyTile), &job, &keys_body);
   }
   par.run(par.self, bh * job.nqb, &job, &attn_body);
