@@ -52,6 +52,9 @@ CASES = {
     "all_pointers": (1, 2, (3, 3), 16, 0, (1, 1), 0, 13, 8),
     "keys_not_tile_multiple": (1, 1, (8, 8), 128, 5, (4, 5), 3, 7, None),  # 122 keys
     "self_32x32": (1, 1, (32, 32), 64, 1, (32, 32), 0, 0, None),
+    # several query blocks (keys and fp32 values prepared once per head), dv 23: a short last
+    # channel panel on every path, a short last query strip, 43 keys
+    "blocks_odd_dv": (1, 2, (12, 20), 32, 2, (4, 4), 3, 5, 23),
 }
 DTYPES = {
     "fp32": (torch.float32, None),

@@ -8,11 +8,12 @@
 //   per key tile of NT keys: rotate the keys as they are loaded (EdgeTAM / SAM 2 rule: frames of
 //         k_frame tokens whose last k_nrot are rotated on the k grid; trailing keys never),
 //         S^T = K Q^T [NT x Mb], online softmax down the columns (one query per lane: no
-//         horizontal reductions), O^T = alpha O^T + V^T P^T [Dv x Mb] with V read in place as
-//         the broadcast operand (faster than O = P V, whose broadcast operand P^T is re-read
-//         for every strip of O); O transposed back once per block.
-// Keys are rotated once per head when several query blocks share them (AttnPlan::keys), else
-// per tile; queries once per block.
+//         horizontal reductions), O^T = alpha O^T + V^T P^T [Dv x Mb] with V as the broadcast
+//         operand (faster than O = P V, whose broadcast operand P^T is re-read for every strip
+//         of O); O transposed back once per block.
+// Keys are rotated once per head when several query blocks share them (AttnPlan::keys), and
+// fp32 values then packed into micro-panels (AttnPlan::vpk); else keys per tile and V read in
+// place. Queries once per block.
 #pragma once
 #include "common.h"
 
@@ -26,10 +27,22 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int64_t kKeyTile = 96;  // keys per tile: a multiple of every MR, even (bf16 pairs)
+// Q^T, S^T / P and O^T rows are padded by 64 bytes: at 128 queries a row is 512 bytes, and an
+// unpadded panel read down its rows (the micro-kernel's B operand) maps onto half of the L1
+// sets only, so the P^T strip and the Q^T panel keep evicting themselves (padding: 1.01-1.07x
+// at 4096 x 4096 x 256, 2 threads).
+constexpr int64_t kRowPad = 16;
+// After the first tile, probabilities are computed against the running max as it stands, in one
+// pass that also tracks the column max; only when some probability of a column group exceeds
+// 2^kLazyTrig is that group recomputed with the max raised (to its maximum minus kLazyMax). So
+// a new column maximum moves the max only if it beats the old one by 2^(kLazyTrig - kLazyMax):
+// the max rarely moves, O^T is rarely rescaled, and the scores are read once. Sums stay below
+// Nk * 2^kLazyTrig.
+constexpr float kLazyTrig = 16.0f;
 
 struct AttnPlan {
   int64_t Mb;      // queries per block
-  int64_t ldq;     // Mb rounded up to W: leading dim of Q^T, S^T, P
+  int64_t ldq;     // Mb rounded up to W, plus kRowPad: leading dim of Q^T, S^T, P, O^T
   int64_t Dvp;     // Dv rounded up to W
   bool dot;        // native reduced-precision dot (pairs)
   bool f16;        // ... in fp16 (else bf16)
@@ -38,6 +51,11 @@ struct AttnPlan {
   // of D bf16 / fp16 on dot paths), when several query blocks share a head; else null and each
   // block prepares its tiles itself.
   const void* keys;
+  // fp32 with the key pre-pass: V of every head as micro-panels, [head][channel block of MR]
+  // [key][MR] (channels past Dv zero), so the second product's broadcast operand is one
+  // contiguous run per micro-tile. Read in place (96 rows 1 KB apart per micro-tile) it cost
+  // that product about 13 % at 1 thread. Else null.
+  float* vpk;
 };
 
 // Rotate a key/query row already loaded as fp32, then round it as the reference does: back to
@@ -54,11 +72,11 @@ inline int dtype_as_compute(int dtype) {
 }
 
 struct AttnScratch {
-  float *row0, *row1, *qt, *kr, *s, *pp, *vb, *o, *m, *l, *alpha;
+  float *row0, *row1, *qt, *kr, *s, *pt, *pp, *vb, *o, *m, *l, *alpha;
   static int64_t bytes(const RopeAttnArgs& a, const AttnPlan& p) {
     const int64_t rowlen = max64(a.D, p.Dvp);
     return 2 * arena_bytes<float>(rowlen) + arena_bytes<float>(a.D * p.ldq) +
-           arena_bytes<float>(kKeyTile * a.D) + arena_bytes<float>(kKeyTile * p.ldq) +
+           arena_bytes<float>(kKeyTile * a.D) + 2 * arena_bytes<float>(kKeyTile * p.ldq) +
            arena_bytes<float>((kKeyTile / 2 + 1) * p.ldq) +
            arena_bytes<float>(max64(kKeyTile + 1, 16) * p.Dvp) +
            arena_bytes<float>(p.ldq * p.Dvp) +
@@ -71,6 +89,7 @@ struct AttnScratch {
     qt = ar.take<float>(a.D * p.ldq);
     kr = ar.take<float>(kKeyTile * a.D);
     s = ar.take<float>(kKeyTile * p.ldq);
+    pt = ar.take<float>(kKeyTile * p.ldq);  // P^T, apart from S^T so a group can be redone
     pp = ar.take<float>((kKeyTile / 2 + 1) * p.ldq);
     vb = ar.take<float>(max64(kKeyTile + 1, 16) * p.Dvp);
     o = ar.take<float>(p.ldq * p.Dvp);
@@ -110,7 +129,8 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
   using vf = typename V::f;
   const int64_t D = a.D, Dv = a.Dv, Dvp = p.Dvp;
   const int64_t nq = min64(p.Mb, a.Nq - q0);
-  const int64_t ldq = round_up(nq, W);
+  const int64_t nqp = round_up(nq, W);  // columns computed (queries and pad lanes)
+  const int64_t ldq = nqp + kRowPad;
   const int in_round = dtype_as_compute(a.dtype);
   const int cmp = a.compute;
   const bool dot = p.dot;
@@ -157,37 +177,69 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
     }
     // S^T = K Q^T
     if (dot && p.f16)
-      gemm<2>(nk, ldq, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+      gemm<2>(nk, nqp, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     else if (dot)
-      gemm<1>(nk, ldq, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+      gemm<1>(nk, nqp, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     else
-      gemm<false>(nk, ldq, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
-    // Online softmax down each column (query), the running max raised lazily (kLazyMax).
+      gemm<false>(nk, nqp, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+    // Online softmax down each column (query) into P^T (kLazyTrig).
     bool rescale = false;
-    for (int64_t i0 = 0; i0 < ldq; i0 += W) {
+    for (int64_t i0 = 0; i0 < nqp; i0 += W) {
       const vf mo = V::load(s.m + i0);
-      const vf mx = col_max(s.s + i0, ldq, nk);
-      const vf mn = V::max(mo, V::sub(V::mul(mx, cmul), V::set1(kLazyMax)));
-      const vf neg = V::sub(V::zero(), mn);
-      vf sum = V::zero();
-      for (int64_t j = 0; j < nk; ++j) {
-        float* sp = s.s + j * ldq + i0;
-        vf pj = V::exp2(V::fma(V::load(sp), cmul, neg));
-        if (!dot && cmp == kComputeBF16) pj = V::round_bf16(pj);
-        if (!dot && cmp == kComputeF16) pj = V::round_f16(pj);
-        V::store(sp, pj);
-        sum = V::add(sum, pj);
+      vf mn = mo, sum = V::zero();
+      bool redo = k0 == 0;
+      if (!redo) {  // against the running max; the largest exponent tracked on the way
+        const vf neg = V::sub(V::zero(), mo);
+        vf xm0 = V::set1(-__builtin_inff()), xm1 = xm0, sum1 = sum;
+        int64_t j = 0;
+        for (; j + 2 <= nk; j += 2) {  // two chains: max and add latencies overlap
+          const vf x0 = V::fma(V::load(s.s + j * ldq + i0), cmul, neg);
+          const vf x1 = V::fma(V::load(s.s + (j + 1) * ldq + i0), cmul, neg);
+          xm0 = V::max(xm0, x0);
+          xm1 = V::max(xm1, x1);
+          vf p0 = V::exp2(x0), p1 = V::exp2(x1);
+          if (!dot && cmp == kComputeBF16) p0 = V::round_bf16(p0), p1 = V::round_bf16(p1);
+          if (!dot && cmp == kComputeF16) p0 = V::round_f16(p0), p1 = V::round_f16(p1);
+          V::store(s.pt + j * ldq + i0, p0);
+          V::store(s.pt + (j + 1) * ldq + i0, p1);
+          sum = V::add(sum, p0);
+          sum1 = V::add(sum1, p1);
+        }
+        for (; j < nk; ++j) {
+          const vf x0 = V::fma(V::load(s.s + j * ldq + i0), cmul, neg);
+          xm0 = V::max(xm0, x0);
+          vf p0 = V::exp2(x0);
+          if (!dot && cmp == kComputeBF16) p0 = V::round_bf16(p0);
+          if (!dot && cmp == kComputeF16) p0 = V::round_f16(p0);
+          V::store(s.pt + j * ldq + i0, p0);
+          sum = V::add(sum, p0);
+        }
+        sum = V::add(sum, sum1);
+        redo = !(V::hmax(V::max(xm0, xm1)) <= kLazyTrig);  // NaN: redo (harmless)
+      }
+      if (redo) {  // first tile, or the max must move: raise it, recompute the group
+        const vf mx = col_max(s.s + i0, ldq, nk);
+        mn = V::max(mo, V::sub(V::mul(mx, cmul), V::set1(kLazyMax)));
+        const vf neg = V::sub(V::zero(), mn);
+        sum = V::zero();
+        for (int64_t j = 0; j < nk; ++j) {
+          vf pj = V::exp2(V::fma(V::load(s.s + j * ldq + i0), cmul, neg));
+          if (!dot && cmp == kComputeBF16) pj = V::round_bf16(pj);
+          if (!dot && cmp == kComputeF16) pj = V::round_f16(pj);
+          V::store(s.pt + j * ldq + i0, pj);
+          sum = V::add(sum, pj);
+        }
+        rescale = rescale || !(V::hmax(V::sub(mn, mo)) == 0.0f);  // NaN: rescale (harmless)
       }
       const vf alpha = V::exp2(V::sub(mo, mn));
       V::store(s.l + i0, V::fma(V::load(s.l + i0), alpha, sum));
       V::store(s.m + i0, mn);
       V::store(s.alpha + i0, alpha);
-      rescale = rescale || !(V::hmax(V::sub(mn, mo)) == 0.0f);  // NaN: rescale (harmless)
     }
     if (k0 > 0 && rescale) {  // O^T columns (queries) by alpha
       for (int64_t d = 0; d < Dv; ++d) {
         float* od = s.o + d * ldq;
-        for (int64_t i0 = 0; i0 < ldq; i0 += W)
+        for (int64_t i0 = 0; i0 < nqp; i0 += W)
           V::store(od + i0, V::mul(V::load(od + i0), V::load(s.alpha + i0)));
       }
     }
@@ -201,9 +253,9 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
       const vf z = V::zero();
       for (int64_t jp = 0; jp < kp; ++jp) {
         const bool has2 = 2 * jp + 1 < nk;
-        for (int64_t i0 = 0; i0 < ldq; i0 += W) {  // P pairs: the B operand
-          const vf lo = V::load(s.s + 2 * jp * ldq + i0);
-          const vf hi = has2 ? V::load(s.s + (2 * jp + 1) * ldq + i0) : z;
+        for (int64_t i0 = 0; i0 < nqp; i0 += W) {  // P pairs: the B operand
+          const vf lo = V::load(s.pt + 2 * jp * ldq + i0);
+          const vf hi = has2 ? V::load(s.pt + (2 * jp + 1) * ldq + i0) : z;
           if (p.f16)
             V::store_pairs_f16_planar(pp + jp * ldq + i0, lo, hi);
           else
@@ -221,6 +273,8 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
         }
       }
       vsrc = s.vb;
+    } else if (p.vpk) {
+      vsrc = nullptr;  // the packed panels below
     } else if (p.v_direct) {
       vsrc = static_cast<const float*>(a.v) + (bh * a.Nk + k0) * Dv;
       ldv = Dv;
@@ -234,11 +288,22 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
     }
     // O^T = alpha O^T + V^T P^T (first tile: no accumulation)
     if (dot && p.f16)
-      gemm<2>(Dv, ldq, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
+      gemm<2>(Dv, nqp, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
     else if (dot)
-      gemm<1>(Dv, ldq, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
+      gemm<1>(Dv, nqp, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
+    else if (p.vpk)  // as gemm<false>, with A one packed panel per block of MR channels
+      for (int64_t n0 = 0; n0 < nqp; n0 += V::NR * W) {
+        const int64_t nv = min64(V::NR, (nqp - n0) / W), nb = ceil_div(Dv, int64_t(V::MR));
+        const MicroFn full = pick<0>(V::MR, nv);
+        for (int64_t mb = 0; mb < nb; ++mb) {
+          const int64_t m0 = mb * V::MR, mr = min64(V::MR, Dv - m0);
+          MicroFn fn = mr == V::MR ? full : pick<0>(mr, nv);
+          fn(nk, p.vpk + ((bh * nb + mb) * a.Nk + k0) * V::MR, 1, V::MR, s.pt + n0, ldq,
+             s.o + m0 * ldq + n0, ldq, k0 > 0, nullptr);
+        }
+      }
     else
-      gemm<false>(Dv, ldq, kp, vsrc, 1, ldv, s.s, ldq, s.o, ldq, k0 > 0, nullptr);
+      gemm<false>(Dv, nqp, kp, vsrc, 1, ldv, s.pt, ldq, s.o, ldq, k0 > 0, nullptr);
   }
   // O = (O^T)^T / l, a 16-query slab at a time through rows of the (now free) V buffer.
   for (int64_t i = 0; i < nq; ++i) s.l[i] = 1.0f / s.l[i];
@@ -269,6 +334,18 @@ void keys_body(void* ctx, int64_t b, int64_t e) {
     const int64_t bh = it / tiles, k0 = (it % tiles) * kKeyTile;
     for (int64_t key = k0; key < min64(a.Nk, k0 + kKeyTile); ++key)
       prepare_key(a, job.p, bh, key, row0, keys, bh * a.Nk + key);
+    if (job.p.vpk) {  // the same keys' values into the micro-panels
+      constexpr int64_t MR = V::MR;
+      const int64_t nb = ceil_div(a.Dv, MR), full = a.Dv / MR, pstride = a.Nk * MR;
+      for (int64_t key = k0; key < min64(a.Nk, k0 + kKeyTile); ++key) {  // a row at a time
+        const float* src = static_cast<const float*>(a.v) + (bh * a.Nk + key) * a.Dv;
+        float* dst = job.p.vpk + (bh * nb * a.Nk + key) * MR;
+        for (int64_t mb = 0; mb < full; ++mb)
+          std::memcpy(dst + mb * pstride, src + mb * MR, sizeof(float) * MR);
+        for (int64_t c = 0; full < nb && c < MR; ++c)  // short last panel: zero past Dv
+          dst[full * pstride + c] = full * MR + c < a.Dv ? src[full * MR + c] : 0.0f;
+      }
+    }
   }
 }
 
@@ -294,16 +371,20 @@ void EDGETAM_ATTN_ENTRY(const RopeAttnArgs& a, const Parallel& par) {
   const int64_t bh = a.B * a.H;
   while (Mb > V::NR * W && bh * ceil_div(a.Nq, Mb) < 4 * int64_t(par.threads)) Mb /= 2;
   p.Mb = Mb;
-  p.ldq = round_up(Mb, W);
+  p.ldq = round_up(Mb, W) + kRowPad;
   p.Dvp = round_up(a.Dv, W);
   p.v_direct = !p.dot && a.dtype == kF32 && a.compute == kComputeF32;  // any Dv: A operand
   job.nqb = ceil_div(a.Nq, Mb);
   p.keys = nullptr;
+  p.vpk = nullptr;
   const int64_t key_bytes = bh * a.Nk * a.D * (p.dot ? 2 : 4);
   // Keys shared by several blocks: rotate and round them once (up to 64 MB: the buffer stays
   // allocated between calls).
   if (job.nqb > 1 && key_bytes <= (int64_t(64) << 20)) {
     p.keys = thread_scratch(3, key_bytes);
+    const int64_t vpk_bytes = bh * ceil_div(a.Dv, int64_t(V::MR)) * V::MR * a.Nk * 4;
+    if (p.v_direct && vpk_bytes <= (int64_t(64) << 20))  // same cap as the keys
+      p.vpk = reinterpret_cast<float*>(thread_scratch(2, vpk_bytes));
     par.run(par.self, bh * ceil_div(a.Nk, kKeyTile), &job, &keys_body);
   }
   par.run(par.self, bh * job.nqb, &job, &attn_body);
