@@ -125,7 +125,8 @@ def perceiver_report(reps: int, ceiling: float = 0.0) -> list:
 
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=10,
+                   help="interleaved rounds; the minimum counts (5 proved too few on a shared VM)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", choices=("attention", "perceiver"), default=None,
                    help="run one section (default: both)")
