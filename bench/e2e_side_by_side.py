@@ -173,7 +173,9 @@ def main(argv=None):
         machine_info=dict(machine=platform.machine(), processor=platform.processor(),
                           threads=torch.get_num_threads(), torch=torch.__version__,
                           load_average_at_end=os.getloadavg()),
-        command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+        # the output path is this machine's; the command is recorded with its file name only
+        command=" ".join([os.path.basename(sys.executable)] + [
+            os.path.basename(a) if a == args.json else a for a in sys.argv]),
         seconds=round(time.time() - started), benchmarks=results,
     )
     with open(args.json, "w") as f:

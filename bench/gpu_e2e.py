@@ -52,7 +52,9 @@ DEV = "cpu" if ARGS.cpu_dry_run else "cuda"
 PATCHED = "reference" if ARGS.cpu_dry_run else "triton"
 T0 = time.time()
 STAMP = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-REPORT = {"args": vars(ARGS), "rows": [], "errors": [], "skipped": []}
+# --out is the run machine's folder: not part of the record
+REPORT = {"args": {k: v for k, v in vars(ARGS).items() if k != "out"}, "rows": [], "errors": [],
+          "skipped": []}
 
 
 def sync():
