@@ -16,14 +16,6 @@
 #pragma once
 #include "perceiver_attn.h"
 
-// Stage marks for a profiling harness (it defines the macro before including an ISA file);
-// no-ops in every build of the library.
-#ifndef EDGETAM_PERCEIVER_STAGE
-#define EDGETAM_PERCEIVER_STAGE(name)
-#endif
-#ifndef EDGETAM_PERCEIVER_FINE
-#define EDGETAM_PERCEIVER_FINE(name)
-#endif
 
 namespace edgetam_cpu {
 namespace EDGETAM_ISA {
@@ -67,7 +59,6 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
                  int64_t ci, int64_t dh_max, float* xstat, bool first_layer) {
   const int64_t C = a.C, N = pl.N, lc = pl.lc, ld = b.ld, heads = a.heads, dh = inner / heads;
   const int64_t n0 = ci * pl.chunk, len = min64(pl.chunk, N - n0), lenw = round_up(len, V::W);
-  EDGETAM_PERCEIVER_FINE("tc_pre");
   Arena ar(TokenScratch::bytes(a, pl, dh_max), 1);
   float* xs = ar.take<float>(C * lc);
   float* kv = ar.take<float>(2 * pl.inner_x * lc);
@@ -80,9 +71,7 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
   }
   for (int64_t c = 0; c < C; ++c)
     for (int64_t n = len; n < lc; ++n) xs[c * lc + n] = 0.0f;
-  EDGETAM_PERCEIVER_FINE("tc_ln");
   project(2 * inner, C, p[5], xs, lc, kv, lc, 0, lenw, false);
-  EDGETAM_PERCEIVER_FINE("tc_proj");
   for (int64_t r = 0; r < 2 * inner; ++r)  // padding read by the window rows' last lanes
     for (int64_t n = lenw; n < lc; ++n) kv[r * lc + n] = 0.0f;
   if (pl.L2) {
@@ -93,7 +82,6 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
       window_attention(wa, ci, ws);
     }
   }
-  EDGETAM_PERCEIVER_FINE("tc_window");
   if (!pl.L1) return;
   if (pos) {  // global latents see keys and values with pos
     const int64_t nv = len / V::W * V::W;
@@ -105,7 +93,6 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
       for (; n < len; ++n) kr[n] += pr[n];
     }
   }
-  EDGETAM_PERCEIVER_FINE("tc_pos");
   BlockScratch bs(ar, dh);
   for (int64_t h = 0; h < heads; ++h) {
     const int64_t slot = ci * heads + h;
@@ -115,7 +102,6 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
     for (int64_t q0 = 0; q0 < pl.L1; q0 += kPerceiverQueries)
       block_attention(ha, q0, min64(kPerceiverQueries, pl.L1 - q0), bs);
   }
-  EDGETAM_PERCEIVER_FINE("tc_attn");
 }
 
 // Latent column chunk [c0, c1) (c1 - c0 <= ColScratch::kChunk), the columns' share of the
@@ -228,7 +214,6 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, co
     load_latents(cx);
     cross_queries(cx, 0);
   });
-  EDGETAM_PERCEIVER_STAGE("q_proj");
 
   for (int64_t layer = 0; layer < a.depth; ++layer) {
     const float* const* p = a.w + layer * a.n_per_layer;
@@ -237,7 +222,6 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, co
     parallel_items(par, pl.nchunks, [&](int64_t ci) {
       token_chunk(a, pl, b, pt, p, inner, x, pos, ci, dh_max, pt.xstat, layer == 0);
     });
-    EDGETAM_PERCEIVER_STAGE("tokens_attn");
     // Without self-attention the layer's end follows the feed-forward in the same item.
     cols([&](const ColCtx& cx) {
       cross_out(cx, layer);
@@ -247,7 +231,6 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, co
       else
         cross_queries(cx, layer + 1);
     });
-    EDGETAM_PERCEIVER_STAGE("out_ff");
     if (!a.self_attn) continue;
 
     const int64_t dhs = a.inner_s[layer] / a.heads;
@@ -262,7 +245,6 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, co
         block_attention(ha, q0, min64(kPerceiverQueries, L1 - q0), bs);
       });
     }
-    EDGETAM_PERCEIVER_STAGE("self_attn");
     cols([&](const ColCtx& cx) {
       self_out(cx, layer);
       if (last)
@@ -270,7 +252,6 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, co
       else
         cross_queries(cx, layer + 1);
     });
-    EDGETAM_PERCEIVER_STAGE("self_out_ff");
   }
 }
 

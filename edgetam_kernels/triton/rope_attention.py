@@ -375,11 +375,11 @@ def _rotate(x, tab, n, w, frame, n_front, n_rope, cdt):
 
 
 def _launch_sdpa(q, k, v, out, tab, geo, scale, cdt):
-    """Returns SDPA's result, written into `out` only when one is given (no extra copy)."""
     """Rotate q and k once (two memory-bound launches), then torch's SDPA (flash attention on
     the GPU for fp16 / bf16). q and k both come out with their head dims permuted to
     [even | odd]; a dot product does not see a permutation applied to both sides, so SDPA's
-    result is the rotated attention itself."""
+    result is the rotated attention itself. Returns SDPA's result, written into `out` only
+    when one is given (no extra copy)."""
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
     qr = _rotate(q, tab, n_q, geo["q_w"], n_q, 0, n_q, cdt).view(b, h, n_q, d)
