@@ -183,6 +183,7 @@ class RoPEAttention(nn.Module):
         self.v_proj = nn.Linear(kv_in_dim, dim)
         self.out_proj = nn.Linear(dim, dim)
         self.backend = "auto"
+        self._derived: dict = {}  # weights derived from ours (folded value projection), cached
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, q_grid, k_grid=None, k_repeat=None,
                 num_k_exclude_rope: int = 0) -> Tensor:
@@ -196,7 +197,7 @@ class RoPEAttention(nn.Module):
         rope = Rope(tuple(q_grid), k_grid, k_repeat, num_k_exclude_rope, self.theta)
         p = Projections.of(self.q_proj, self.k_proj, self.v_proj, self.out_proj, self.num_heads)
         options = dict(backend=self.backend, compute_dtype=getattr(self, "compute_dtype", None))
-        return attend(q, k, v, p, rope, options)
+        return attend(q, k, v, p, rope, options, self._derived)
 
 
 class MemoryAttentionLayer(nn.Module):

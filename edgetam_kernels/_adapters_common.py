@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
+from .reparam import fold_value_into_output
 
 
 @dataclass
@@ -114,6 +115,39 @@ def _split_heads(x: Tensor, heads: int) -> Tensor:
     return x.view(b, n, heads, c // heads).transpose(1, 2)
 
 
+def _version(t: Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors keep no version counter (and cannot change)
+        return -1
+
+
+def _key(tensors) -> tuple:
+    return tuple(None if t is None else (t.data_ptr(), _version(t), t.dtype, t.device)
+                 for t in tensors)
+
+
+def cached(store: Optional[dict], slot, sources: Sequence[Optional[Tensor]], compute,
+           extra: tuple = ()):
+    """compute()'s result (weights derived from `sources`: folded, merged, converted), kept in
+    `store[slot]` (a patch state, or a module's own dict) until a source tensor is replaced or
+    changed in place. Computed on every call, and differentiably, without a store, under
+    torch.compile (traced into the graph: no pointer checks to guard on) and when gradients
+    for a source are wanted."""
+    if (store is None or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                for t in sources))):
+        return compute()
+    key = _key(sources) + tuple(extra)
+    hit = store.get(slot)
+    if hit is None or hit[0] != key:
+        # normal (not inference) tensors: usable later outside inference_mode too
+        with torch.inference_mode(False), torch.no_grad():
+            hit = (key, compute())
+        store[slot] = hit
+    return hit[1]
+
+
 def folds_value(p: Projections, value_dim: int) -> bool:
     """Whether `attend` folds the value projection into the output projection: with one head,
 
@@ -127,33 +161,23 @@ def folds_value(p: Projections, value_dim: int) -> bool:
     return p.heads == 1 and value_dim < p.wv.shape[0]
 
 
-def _folded_output(p: Projections, dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:
-    """W_o W_v and W_o b_v + b_o, formed in float64 (float32 on MPS) and rounded once."""
-    acc = torch.float32 if p.wo.device.type == "mps" else torch.float64
-    with torch.autocast(p.wo.device.type, enabled=False):
-        wo = p.wo.to(acc)
-        w = wo @ p.wv.to(acc)
-        b = None if p.bo is None else p.bo.to(acc)
-        if p.bv is not None:
-            b = wo @ p.bv.to(acc) if b is None else b + wo @ p.bv.to(acc)
-    return w.to(dtype), _to(b, dtype)
-
-
 def attend(q_in: Tensor, k_in: Tensor, v_in: Tensor, p: Projections, rope: Rope,
-           options: dict) -> Tensor:
+           options: dict, cache: Optional[dict] = None) -> Tensor:
     """out_proj(rope_attention(q_proj(q_in), k_proj(k_in), v_proj(v_in))), (B, N, C) in/out.
 
     When q_in, k_in and v_in are the same tensor (memory attention's self-attention), the three
     projections run as one GEMM against the stacked weight [Wq; Wk; Wv]. With one head and
     values narrower than the attention, the value projection is folded into the output
-    projection (`folds_value`).
+    projection (`folds_value`); the folded weights are kept in `cache` (see `cached`).
     options["compute_dtype"] (e.g. torch.bfloat16) runs the projections and the attention in
     that dtype; the result comes back in q_in's dtype.
     """
     out_dtype, cd = q_in.dtype, options.get("compute_dtype")
     fold = folds_value(p, v_in.shape[-1])
     if fold:
-        w_ov, b_ov = _folded_output(p, cd if cd is not None else p.wo.dtype)
+        dt = cd if cd is not None else p.wo.dtype
+        w_ov, b_ov = cached(cache, ("value_fold", id(p.wo)), (p.wv, p.bv, p.wo, p.bo),
+                            lambda: fold_value_into_output(p.wv, p.bv, p.wo, p.bo, dt), (dt,))
     if cd is not None and cd != out_dtype:
         same_kv, same_qk = k_in is v_in, q_in is k_in
         q_in = q_in.to(cd)
@@ -203,13 +227,15 @@ def memory_attention_layer(
     query_pos: Optional[Tensor] = None,
     pos_at_self_attn: bool = False,
     pos_at_cross_queries: bool = False,
+    cache: Optional[dict] = None,
 ) -> Tensor:
     """One memory-attention layer (SAM 2 / EdgeTAM), (B, N, C) queries, (B, M, Cm) memory:
 
         x = x + SA(LN1(x));  x = x + CA(LN2(x), memory + memory_pos, memory);  x = x + MLP(LN3(x))
 
     `pos_at_*` add `query_pos` where Meta's MemoryAttentionLayer options say so (both off in
-    EdgeTAM and SAM 2.1). Dropout is not applied: callers use this in eval mode only.
+    EdgeTAM and SAM 2.1). `cache`: where the cross-attention keeps its folded weights.
+    Dropout is not applied: callers use this in eval mode only.
     options["compute_dtype"] runs the projections, attentions and MLP in that dtype; the
     LayerNorms and the residual stream stay in x's dtype.
     """
@@ -219,7 +245,7 @@ def memory_attention_layer(
     h = norms[1](x)
     q = h + query_pos if pos_at_cross_queries else h
     k = memory + memory_pos if memory_pos is not None else memory
-    x = x + attend(q, k, memory, *cross_attn, options)
+    x = x + attend(q, k, memory, *cross_attn, options, cache)
     return x + mlp(norms[2](x), options.get("compute_dtype"))
 
 

@@ -175,7 +175,7 @@ def _rope_self_attention(module, state, original):
                 or _dropping(self, self.dropout_p)):
             return original(query, key, value, position_embeddings, **kwargs)
         q, k, v = _flat(query, key, value)
-        out = attend(q, k, v, _projections(self), rope, state["options"])
+        out = attend(q, k, v, _projections(self), rope, state["options"], state)
         return out.view(*query.shape[:-1], out.shape[-1]), None
 
     return forward
@@ -191,7 +191,7 @@ def _rope_cross_attention(module, state, original):
             return original(query, key, value, position_embeddings, position_embeddings_k,
                             num_k_exclude_rope, rope_k_repeat, **kwargs)
         q, k, v = _flat(query, key, value)
-        out = attend(q, k, v, _projections(self), rope, state["options"])
+        out = attend(q, k, v, _projections(self), rope, state["options"], state)
         return out.view(*query.shape[:-1], out.shape[-1]), None
 
     return forward
@@ -211,11 +211,11 @@ def _layer_training(layer) -> bool:
                      layer.cross_attn_image.dropout_p)
 
 
-def _fused_layer(layer, x, memory, memory_pos, sa_rope, ca_rope, options):
+def _fused_layer(layer, x, memory, memory_pos, sa_rope, ca_rope, state):
     return memory_attention_layer(
         x, memory, memory_pos, self_attn=(_projections(layer.self_attn), sa_rope),
-        cross_attn=(_projections(layer.cross_attn_image), ca_rope), options=options,
-        **_layer_parts(layer),
+        cross_attn=(_projections(layer.cross_attn_image), ca_rope), options=state["options"],
+        cache=state, **_layer_parts(layer),
     )
 
 
@@ -236,7 +236,7 @@ def _memory_attention_layer(module, state, original):
         if sa_rope is None or ca_rope is None:
             return original(*args)
         x, mem, pos = _flat(queries, keys, key_point_embedding)
-        out = _fused_layer(self, x, mem, pos, sa_rope, ca_rope, state["options"])
+        out = _fused_layer(self, x, mem, pos, sa_rope, ca_rope, state)
         return out.view(queries.shape)
 
     return forward
@@ -268,7 +268,7 @@ def _memory_attention(module, state, original):
         mem = memory.transpose(0, 1)
         pos = memory_posision_embeddings.transpose(0, 1)
         for layer in self.layers:
-            x = _fused_layer(layer, x, mem, pos, sa_rope, ca_rope, state["options"])
+            x = _fused_layer(layer, x, mem, pos, sa_rope, ca_rope, state)
         return self.layer_norm(x).unsqueeze(0)
 
     return forward

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._adapters_common import cached
 from .patch import _class_key, register_adapter
 from .reparam import fold_batchnorm, fold_batchnorm_into_linear, merge_dw_branches, work_dtype
 
@@ -38,38 +39,6 @@ _OURS = "edgetam.repvit"
 # Devices whose convs get channels-last inputs: measured faster on x86-64 CPUs (oneDNN);
 # elsewhere the layout is left as the host has it.
 CHANNELS_LAST_DEVICES = ("cpu",)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fused-weight cache
-# ---------------------------------------------------------------------------------------------
-
-
-def _version(t: torch.Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors keep no version counter (and cannot change)
-        return -1
-
-
-def _key(tensors) -> tuple:
-    return tuple(None if t is None else (t.data_ptr(), _version(t), t.dtype, t.device)
-                 for t in tensors)
-
-
-def _fused(state: dict, sources: tuple, extra: tuple, compute):
-    """compute()'s result, cached in the patch state until a source tensor changes. Under
-    torch.compile the fold is traced into the graph instead (no pointer checks to guard on)."""
-    if torch.compiler.is_compiling():
-        return compute()
-    key = _key(sources) + extra
-    cached = state.get("fused")
-    if cached is None or cached[0] != key:
-        # normal (not inference) tensors: usable later outside inference_mode too
-        with torch.inference_mode(False), torch.no_grad():
-            cached = (key, compute())
-        state["fused"] = cached
-    return cached[1]
 
 
 def _is_bn(m, cls=nn.BatchNorm2d) -> bool:
@@ -109,7 +78,8 @@ def _conv_norm(module, state, original):
         sources = (c.weight, c.bias) + _bn_sources(bn)
         if not _usable((self, c, bn), sources):
             return original(x)
-        w, b = _fused(state, sources, (bn.eps,), lambda: fold_batchnorm(c.weight, c.bias, bn))
+        w, b = cached(state, "fused", sources, lambda: fold_batchnorm(c.weight, c.bias, bn),
+                      (bn.eps,))
         return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
 
     return forward
@@ -181,7 +151,7 @@ def _token_mixer(module, state, original):
         if not _usable((self, c, c1) + norms, sources):
             return original(x)
         eps = tuple(n.eps for n in norms)
-        w, b = _fused(state, sources, eps, lambda: _merged_weights(self))
+        w, b = cached(state, "fused", sources, lambda: _merged_weights(self), eps)
         return F.conv2d(x, w, b, 1, c.padding, 1, c.groups)
 
     return forward
@@ -251,8 +221,8 @@ def _norm_linear(module, state, original):
         sources = _bn_sources(bn) + (lin.weight, lin.bias)
         if x.dim() != 2 or not _usable((self, bn, lin), sources):
             return original(x)
-        w, b = _fused(state, sources, (bn.eps,),
-                      lambda: fold_batchnorm_into_linear(bn, lin.weight, lin.bias))
+        w, b = cached(state, "fused", sources,
+                      lambda: fold_batchnorm_into_linear(bn, lin.weight, lin.bias), (bn.eps,))
         return F.linear(x, w, b)
 
     return forward

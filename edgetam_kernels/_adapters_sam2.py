@@ -203,7 +203,7 @@ def _rope_attention_v1(module, state, original):
         rope = rope_v1(self, q.shape[1], k.shape[1], num_k_exclude_rope)
         if rope is None or _dropping(self, self.dropout_p):
             return original(q, k, v, num_k_exclude_rope)
-        return attend(q, k, v, _projections(self), rope, state["options"])
+        return attend(q, k, v, _projections(self), rope, state["options"], state)
 
     return forward
 
@@ -216,7 +216,7 @@ def _rope_attention_v2(module, state, original):
         rope = rope_v2(self, grids, q.shape[1], k.shape[1], num_k_exclude_rope, rope_k_repeat)
         if rope is None or _dropping(self, self.dropout_p):
             return original(q, k, v, num_k_exclude_rope, rope_k_repeat)
-        return attend(q, k, v, _projections(self), rope, state["options"])
+        return attend(q, k, v, _projections(self), rope, state["options"], state)
 
     return forward
 
@@ -260,7 +260,7 @@ def _memory_attention_layer(module, state, original):
             MLP(self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias,
                 self.activation),
             state["options"], query_pos=query_pos, pos_at_self_attn=self.pos_enc_at_attn,
-            pos_at_cross_queries=self.pos_enc_at_cross_attn_queries,
+            pos_at_cross_queries=self.pos_enc_at_cross_attn_queries, cache=state,
         )
 
     return forward

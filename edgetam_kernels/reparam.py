@@ -11,6 +11,8 @@ weights, `_adapters_repvit.py`):
   (timm's NormLinear classifier head): W' = W * scale, b' = W @ shift + b.
 - `merge_dw_branches`: RepVGG-style depth-wise token mixer, k x k branch + 1 x 1 branch +
   identity -> one k x k depth-wise conv (the 1 x 1 kernel and the identity sit on the centre tap).
+- `fold_value_into_output`: a one-head attention's value projection folded into its output
+  projection (patch()'s memory-attention cross-attention, `_adapters_common.folds_value`).
 
 Everything is computed in float64 (float32 on devices without it, e.g. MPS) and returned in the
 weight's dtype (or `out_dtype`: chained folds pass `work_dtype(weight)` to round only once).
@@ -91,3 +93,20 @@ def merge_dw_branches(weight: Tensor, bias: Optional[Tensor], weight_1x1: Tensor
             b = b + _work(extra)
     out_dtype = out_dtype or weight.dtype
     return w.to(out_dtype), b.to(out_dtype)
+
+
+def fold_value_into_output(w_v: Tensor, b_v: Optional[Tensor], w_o: Tensor,
+                           b_o: Optional[Tensor], out_dtype: torch.dtype
+                           ) -> Tuple[Tensor, Optional[Tensor]]:
+    """(W_o W_v, W_o b_v + b_o) of a one-head attention: softmax rows sum to 1, so
+    softmax(S) (v W_v^T + b_v) W_o^T + b_o = (softmax(S) v) (W_o W_v)^T + (W_o b_v + b_o).
+    Either bias may be None. Differentiable (no detach): callers that want gradients for the
+    weights compute it under autograd."""
+    with torch.autocast(w_o.device.type, enabled=False):  # the fold itself at full precision
+        wo = w_o.to(work_dtype(w_o))
+        w = wo @ w_v.to(wo.dtype)
+        b = None if b_o is None else b_o.to(wo.dtype)
+        if b_v is not None:
+            bv = wo @ b_v.to(wo.dtype)
+            b = bv if b is None else b + bv
+    return w.to(out_dtype), None if b is None else b.to(out_dtype)

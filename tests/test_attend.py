@@ -111,3 +111,50 @@ def test_attend_under_autocast():
         out = C.attend(q_in, k_in, v_in, p32, rope, dict(backend="reference"))
     assert out.dtype == q_in.dtype  # attend returns its input's dtype
     assert rel_l2(out.float(), _plain64(q_in, k_in, v_in, p64, rope)) < TOLERANCE[torch.bfloat16]
+
+
+def _fp32(p64):
+    return C.Projections(*(None if t is None else t.float() for t in
+                           (p64.wq, p64.bq, p64.wk, p64.bk, p64.wv, p64.bv, p64.wo, p64.bo)),
+                         heads=p64.heads)
+
+
+def test_folded_weights_are_cached_until_a_weight_changes(monkeypatch):
+    """The fold runs once per weight set (no per-call GEMMs or launches), again after an
+    in-place update of a weight, and never from a stale entry."""
+    p = _fp32(_block())
+    q_in, k_in, v_in, rope = _inputs(p)
+    calls = []
+    fold = C.fold_value_into_output
+    monkeypatch.setattr(C, "fold_value_into_output", lambda *a: calls.append(1) or fold(*a))
+    cache = {}
+    with torch.no_grad():
+        first = C.attend(q_in, k_in, v_in, p, rope, dict(backend="reference"), cache)
+        assert torch.equal(C.attend(q_in, k_in, v_in, p, rope, dict(backend="reference"), cache),
+                           first)
+        assert len(calls) == 1
+        p.wv.mul_(0.5)  # in place: same pointer, new version
+        scaled = C.attend(q_in, k_in, v_in, p, rope, dict(backend="reference"), cache)
+    assert len(calls) == 2 and rel_l2(scaled, first) > 1e-2
+    p64 = C.Projections(*(None if t is None else t.double() for t in
+                          (p.wq, p.bq, p.wk, p.bk, p.wv, p.bv, p.wo, p.bo)), heads=1)
+    assert rel_l2(scaled, _plain64(q_in, k_in, v_in, p64, rope)) < TOLERANCE[torch.float32]
+
+
+def test_gradients_reach_the_folded_weights():
+    """With gradients wanted for the weights the fold is computed under autograd (not taken
+    from the cache): W_v, b_v, W_o, b_o get the gradients of the unfolded block."""
+    p64 = _block()
+    q_in, k_in, v_in, rope = _inputs(p64, batch=1)
+    leaves = [t.clone().requires_grad_(True) for t in (p64.wv, p64.bv, p64.wo, p64.bo)]
+    p = _fp32(p64)
+    p = C.Projections(p.wq, p.bq, p.wk, p.bk, *(t.float() for t in leaves[:2]),
+                      *(t.float() for t in leaves[2:]), heads=1)
+    C.attend(q_in, k_in, v_in, p, rope, dict(backend="reference"), {}).sum().backward()
+    ours = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    p64 = C.Projections(p64.wq, p64.bq, p64.wk, p64.bk, *leaves, heads=1)
+    _plain64(q_in, k_in, v_in, p64, rope).sum().backward()
+    for name, a, t in zip(("w_v", "b_v", "w_o", "b_o"), ours, leaves):
+        assert rel_l2(a, t.grad) < 1e-4, name
