@@ -181,30 +181,37 @@ def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, d
             f"weights must hold {n_per_layer} tensors per layer x depth {depth} = "
             f"{depth * n_per_layer}, got {len(weights)}"
         )
-    # 40-odd weights per call: the names are built only to report a failure (this runs on
-    # every call, in front of a kernel of a few ms).
-    for i, t in enumerate(weights):
-        if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_DTYPES:
-            tensor(f"weights[{i}]", t)
+    # 40-odd weights per call, in front of a kernel of a few ms (well under one on a GPU): one
+    # pass over them, and the names are built only to report a failure. x's dtype is a float
+    # one, so a weight of the same dtype is too.
     dt, dev = x.dtype, x.device
-    if any(t.dtype != dt or t.device != dev for t in ts) or any(
-            t.dtype != dt or t.device != dev for t in weights):
-        same(names + [f"weights[{i}]" for i in range(len(weights))], ts + list(weights))
+    for t in ts[1:]:
+        if t.dtype is not dt or t.device != dev:
+            same(names, ts)
+    for i, t in enumerate(weights):
+        if not isinstance(t, torch.Tensor) or t.dtype is not dt or t.device != dev:
+            tensor(f"weights[{i}]", t)
+            same([names[0], f"weights[{i}]"], [x, t])
     for layer in range(depth):
-        p = weights[layer * n_per_layer : (layer + 1) * n_per_layer]
-        inner = p[4].shape[0]
-        expected = [(c,), (c,), (c,), (c,), (inner, c), (2 * inner, c), (c, inner), (c,), (c,)]
-        hidden = p[9].shape[0] if p[9].dim() == 2 else -1
-        expected += [(hidden, c), (c, hidden)]
+        base = layer * n_per_layer
+        p = weights[base : base + n_per_layer]
+        # Inner and hidden dims come from to_q / ff.1 (and the self-attention's): 2-D first.
+        for j in (4, 9, 13, 18) if use_self_attn else (4, 9):
+            if p[j].dim() != 2:
+                raise ValueError(f"weights[{base + j}] must be a 2-D weight matrix, got shape "
+                                 f"{tuple(p[j].shape)}")
+        inner, hidden = p[4].shape[0], p[9].shape[0]
+        expected = [(c,), (c,), (c,), (c,), (inner, c), (2 * inner, c), (c, inner), (c,), (c,),
+                    (hidden, c), (c, hidden)]
         if use_self_attn:
-            inner_s = p[13].shape[0]
-            hidden_s = p[18].shape[0] if p[18].dim() == 2 else -1
+            inner_s, hidden_s = p[13].shape[0], p[18].shape[0]
             expected += [(c,), (c,), (inner_s, c), (2 * inner_s, c), (c, inner_s), (c,), (c,),
                          (hidden_s, c), (c, hidden_s)]
-            heads("self-attention inner dim", inner_s, heads_)
-        heads("inner dim", inner, heads_)
         for j, e in enumerate(expected):
             if p[j].shape != e:
-                shape(f"weights[{layer * n_per_layer + j}]", p[j], e)
+                shape(f"weights[{base + j}]", p[j], e)
+        heads("inner dim", inner, heads_)
+        if use_self_attn:
+            heads("self-attention inner dim", inner_s, heads_)
     if not (eps > 0):
         raise ValueError(f"eps must be positive, got {eps}")

@@ -3,7 +3,8 @@
 A backend is a set of kernels, one per op, with the same Python signature as the op's reference
 function (`edgetam_kernels.reference`), plus two predicates in the style of ggml:
 `unavailable()` (why it cannot run here at all, or None) and `supports(op, args)` (why it cannot
-run these particular inputs, or None). Backend modules are imported lazily, so a missing
+run these particular inputs, or None; it sees arguments that passed the op's checks, so one
+dtype and one device). Backend modules are imported lazily, so a missing
 compiler, Triton or Metal never breaks `import edgetam_kernels`.
 """
 

@@ -315,9 +315,13 @@ def spatial_perceiver(
     values; patch latents (L2, C) each attend to their own window; one final LayerNorm.
     """
     _checks.tensor("x", x)
+    weights = list(weights)
+    for i, t in enumerate(weights):  # the dispatcher's own message would not name the index
+        if not isinstance(t, Tensor):
+            _checks.tensor(f"weights[{i}]", t)
     _registry.requested(backend)
     return torch.ops.edgetam.spatial_perceiver(
-        x, pos, latents_1d, latents_2d, list(weights), norm_w, norm_b, int(depth), int(heads),
+        x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, int(depth), int(heads),
         bool(use_self_attn), float(eps), backend,
     )
 

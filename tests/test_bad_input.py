@@ -139,9 +139,19 @@ def test_spatial_perceiver_wrong_weight_shape_names_index():
         ek.spatial_perceiver(x, pos, l1, l2, ws, nw_, nb_, **kw)
 
 
+@pytest.mark.parametrize("index", [4, 9, 20 + 13, 20 + 18])  # the matrices dims are read from
+def test_spatial_perceiver_weight_matrix_not_2d_names_index(index):
+    (x, pos, l1, l2, ws, nw_, nb_), kw = perceiver_inputs()
+    ws[index] = ws[index].flatten()
+    with pytest.raises(ValueError, match=rf"weights\[{index}\] must be a 2-D weight matrix"):
+        ek.spatial_perceiver(x, pos, l1, l2, ws, nw_, nb_, **kw)
+
+
 @pytest.mark.parametrize("bad, error, match", [
     (torch.ones(16, dtype=torch.int32), TypeError, r"weights\[7\] must be a floating tensor"),
     (torch.ones(16, dtype=torch.float64), TypeError, r"weights\[7\] has dtype torch.float64"),
+    (torch.ones(16, device="meta"), ValueError, r"weights\[7\] is on device meta"),
+    ("not a tensor", TypeError, r"weights\[7\] must be a torch.Tensor"),
 ])
 def test_spatial_perceiver_bad_weight_names_index(bad, error, match):
     # the checks build weight names only on failure: the message must still name the index

@@ -135,18 +135,11 @@ def _f32(t):
     return t if t.is_contiguous() else t.contiguous()
 
 
-def _tensors(args):
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            yield a
-        elif isinstance(a, (list, tuple)):
-            yield from (t for t in a if isinstance(t, torch.Tensor))
-
-
 def supports(op: str, args: tuple) -> Optional[str]:
-    for t in _tensors(args):
-        if t.dtype not in _COMPUTE:
-            return f"{t.dtype} inputs are not supported (float32, bfloat16, float16)"
+    # The ops' argument checks have made every tensor share the first one's dtype (q's, x's).
+    dtype = args[0].dtype
+    if dtype not in _COMPUTE:
+        return f"{dtype} inputs are not supported (float32, bfloat16, float16)"
     if op == "rope_attention":
         cd = args[9]
         if cd is not None and cd not in _COMPUTE:

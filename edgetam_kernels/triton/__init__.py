@@ -94,11 +94,9 @@ def _supports(op, args):
     if op in ("perceiver_attention", "spatial_perceiver"):
         from .perceiver import supports as perceiver_supports
 
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        tensors += [t for a in args if isinstance(a, (list, tuple)) for t in a
-                    if isinstance(t, torch.Tensor)]
-        reason = _dtype_reason(op + " inputs", tensors[0]) or _device_reason(tensors)
-        if reason is None and tensors[0].shape[0] > 65535:
+        first = args[0]  # the op's checks gave every tensor its dtype and device
+        reason = _dtype_reason(op + " inputs", first) or _device_reason((first,))
+        if reason is None and first.shape[0] > 65535:
             reason = "batch above 65535 (one grid axis)"
         return reason or perceiver_supports(op, args)
     return f"no {op} kernel"
