@@ -44,9 +44,15 @@ def set_fp32_precision(mode) -> None:
 TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
+# Host-side integer helpers in plain Python: triton.cdiv / triton.next_power_of_2 are
+# constexpr functions whose Python calls cost microseconds each, and a perceiver call made 34.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def pow2(n: int, lo: int = 16) -> int:
     """Next power of two >= n, at least `lo` (tl.dot needs every dim >= 16)."""
-    return max(lo, triton.next_power_of_2(max(int(n), 1)))
+    return max(lo, 1 << (max(int(n), 1) - 1).bit_length())
 
 
 def num_sms(device) -> int:

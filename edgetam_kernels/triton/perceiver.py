@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from ._common import TL_DTYPE, cast, dot, fp32_precision, interpreting, num_sms, pow2
+from ._common import TL_DTYPE, cast, cdiv, dot, fp32_precision, interpreting, num_sms, pow2
 
 LOG2E = 1.4426950408889634
 
@@ -404,13 +404,13 @@ def _tiles(device):
 def _global_splits(tiles, b, ngb, npb, n, device):
     """Key splits for the global cross-attention: whole key blocks, none empty."""
     bn = tiles["BLOCK_N"]
-    k_blocks = triton.cdiv(n, bn)
+    k_blocks = cdiv(n, bn)
     s = tiles.get("SPLITS_G")
     if s is None:
-        s = triton.cdiv(num_sms(device), max(1, b * (ngb + npb)))
+        s = cdiv(num_sms(device), max(1, b * (ngb + npb)))
     s = max(1, min(int(s), 8, k_blocks)) if ngb else 1
-    per = triton.cdiv(k_blocks, s) * bn
-    return triton.cdiv(n, per), per
+    per = cdiv(k_blocks, s) * bn
+    return cdiv(n, per), per
 
 
 def _dot_dtype(dtype):
@@ -450,7 +450,7 @@ def _launch_kv(x_args, n, c, ln_w, ln_b, w_kv, inner, b, eps, dtype, tiles, pos_
     kvg = torch.empty((b, n, 2 * inner), device=x.device, dtype=store) if has_pos else kv
     pos, spb, spc, sph, spw, pw = pos_args if has_pos else (x, 0, 0, 0, 0, 1)
     bt = tiles["BLOCK_T"]
-    _ln_kv[(triton.cdiv(n, bt), b)](
+    _ln_kv[(cdiv(n, bt), b)](
         x, sxb, sxc, sxh, sxw, xw, n, c, ln_w, ln_b, w_kv,
         kv if kv is not None else kvg, kvg, pos, spb, spc, sph, spw, pw, inner, eps,
         STORE_KV=need_plain, HAS_POS=has_pos, DT=_dot_dtype(dtype), BLOCK_T=bt,
@@ -467,8 +467,8 @@ def _launch_cross(b, lg, l1, lp, l2, kvs, n, win, c, p, heads, eps, s_p, qkv, no
     inner = p[4].shape[0]
     hidden = p[9].shape[0] if do_ff else 16
     bl = tiles["BLOCK_L"]
-    ngb = triton.cdiv(l1, bl)
-    npb = triton.cdiv(l2, bl)
+    ngb = cdiv(l1, bl)
+    npb = cdiv(l2, bl)
     dummy = p[0]
     lg = lg if lg is not None else (dummy, 0, 0, 0)
     lp = lp if lp is not None else (dummy, 0, 0, 0)
@@ -575,8 +575,8 @@ def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, d
             dst = out if last else lat
             inner_s = p[13].shape[0]
             hidden_s = p[18].shape[0]
-            ngb = triton.cdiv(l1, bl)
-            _self[(ngb + triton.cdiv(l2, bl), b)](
+            ngb = cdiv(l1, bl)
+            _self[(ngb + cdiv(l2, bl), b)](
                 lat, lat.stride(0), lat.stride(1), l1, l2, ngb, qkv, qkv.stride(0),
                 qkv.stride(1), c, inner_s, heads, LOG2E / math.sqrt(inner_s // heads), eps,
                 p[15], p[16], p[17], p[18], p[19], hidden_s,

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from ._common import TL_DTYPE, cast, dot, fp32_precision, interpreting, num_sms, pow2
+from ._common import TL_DTYPE, cast, cdiv, dot, fp32_precision, interpreting, num_sms, pow2
 from ._tuning import TunedStore, bucket, default_path
 
 LOG2E = 1.4426950408889634
@@ -265,13 +265,13 @@ def default_config(bh: int, n_q: int, n_k: int, d: int, dv: int, device,
     what the tests exercise."""
     if device.type != "cuda" or interpreting():
         bn = 32
-        return dict(BLOCK_M=32, BLOCK_N=bn, SPLITS=min(2, triton.cdiv(n_k, bn)),
+        return dict(BLOCK_M=32, BLOCK_N=bn, SPLITS=min(2, cdiv(n_k, bn)),
                     PRE_ROT=n_q >= 64, num_warps=4, num_stages=1)
     if sdpa_candidate(d, dv, esize, default=True):
         return dict(SDPA=True)
     bm, bn, warps, stages = candidate_tiles(d, dv, esize)[0]
-    tiles = triton.cdiv(n_q, bm) * bh
-    k_blocks = triton.cdiv(n_k, bn)
+    tiles = cdiv(n_q, bm) * bh
+    k_blocks = cdiv(n_k, bn)
     # At most one wave: these tiles need ~150+ registers per thread (a 64 x 256 fp32
     # accumulator), so expect one CTA per SM; a partial second wave would idle most SMs.
     splits = max(1, min(k_blocks, 8, num_sms(device) // tiles))
@@ -283,7 +283,7 @@ def _pre_rotate(n_q: int, block_m: int) -> bool:
     """Rotate keys once in a pre-pass when several query tiles would each rotate them again
     (EdgeTAM: 64 tiles share every key). The pre-pass costs one launch and a read + write of
     k; rotating on load costs strided loads and two cos/sin gathers per key per query tile."""
-    return triton.cdiv(n_q, block_m) >= 4
+    return cdiv(n_q, block_m) >= 4
 
 
 def candidate_tiles(d: int, dv: int, esize: int = 2):
@@ -318,7 +318,7 @@ def candidate_configs(bh, n_q, n_k, d, dv, device, esize: int = 2):
     out = [dict(SDPA=True)] if sdpa_candidate(d, dv, esize) else []
     tiles = candidate_tiles(d, dv, esize)
     for i, (bm, bn, warps, stages) in enumerate(tiles):
-        k_blocks = triton.cdiv(n_k, bn)
+        k_blocks = cdiv(n_k, bn)
         pre = _pre_rotate(n_q, bm)
         # the default tile is also tried the other way (keys rotated on load / pre-rotated)
         for pre_rot in ((pre, not pre) if i == 0 else (pre,)):
@@ -370,7 +370,7 @@ def _rotate(x, tab, n, w, frame, n_front, n_rope, cdt):
     # 56-72 registers per thread on sm_90 (64 x 128 pairs, the old tile at head dim 256, used
     # all 255 and spilled ~1 KB; ptxas -v, aot_check), so many CTAs per SM hide the latency.
     bn = max(8, 1024 // bdh)
-    _rope_keys[(triton.cdiv(n, bn), b * h)](
+    _rope_keys[(cdiv(n, bn), b * h)](
         x, xr, tab, *x.stride(), h, n, d, w, frame, n_front, n_rope, tab.stride(1),
         tab.stride(0), CDT=TL_DTYPE[cdt], BLOCK_N=bn, BLOCK_DH=bdh,
         INTERP=interpreting(), num_warps=4,
@@ -406,9 +406,9 @@ def _launch(q, k, v, out, tab, geo, scale, cdt, cfg):
         out = torch.empty((b, h, n_q, dv), device=q.device, dtype=q.dtype)
     bdh, bdv = _blocks(d, dv)
     splits = cfg["SPLITS"]
-    k_blocks = triton.cdiv(n_k, cfg["BLOCK_N"])
-    per_split = triton.cdiv(k_blocks, splits) * cfg["BLOCK_N"]
-    splits = triton.cdiv(n_k, per_split)  # no empty split
+    k_blocks = cdiv(n_k, cfg["BLOCK_N"])
+    per_split = cdiv(k_blocks, splits) * cfg["BLOCK_N"]
+    splits = cdiv(n_k, per_split)  # no empty split
     if splits > 1:
         po = torch.empty((splits, b * h, n_q, dv), device=q.device, dtype=torch.float32)
         plse = torch.empty((splits, b * h, n_q), device=q.device, dtype=torch.float32)
@@ -421,7 +421,7 @@ def _launch(q, k, v, out, tab, geo, scale, cdt, cfg):
         k_strides = (h * n_k * d, n_k * d, d, 1)
     else:
         k_strides = k.stride()
-    grid = (triton.cdiv(n_q, cfg["BLOCK_M"]), b * h, splits)
+    grid = (cdiv(n_q, cfg["BLOCK_M"]), b * h, splits)
     _rope_attn_fwd[grid](
         q, k_in, v, out, tab, po, plse,
         *q.stride(), *k_strides, *v.stride(), *out.stride(),
@@ -435,7 +435,7 @@ def _launch(q, k, v, out, tab, geo, scale, cdt, cfg):
     )
     if splits > 1:
         bm = 64 if bdv <= 128 else 32
-        _merge_splits[(triton.cdiv(n_q, bm), b * h)](
+        _merge_splits[(cdiv(n_q, bm), b * h)](
             out, po, plse, h, n_q, dv, *out.stride(), splits,
             BLOCK_M=bm, BLOCK_DV=bdv, INTERP=interpreting(), num_warps=4,
         )
