@@ -18,12 +18,14 @@ training, extra attention kwargs) runs HF's original forward.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
 from . import ops
 from ._adapters_common import (
-    MLP, Norm, Projections, Rope, attend, latent_rope, memory_attention_layer, perceiver_layer,
+    MLP, Norm, Projections, Rope, attend, cached, common_eps, latent_rope, lookup,
+    memory_attention_layer, perceiver_layer,
 )
 from .patch import register_adapter
 
@@ -39,36 +41,50 @@ def _dropping(module, *ps) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def _layer_weights(layer) -> list:
+def _layer_weights(layer, cache: Optional[dict] = None) -> list:
     """One EdgeTamVideoPerceiverEncoderLayer's weights in reference.PERCEIVER_LAYER_PARAMS order
-    (HF keeps k and v projections apart; the op takes them stacked, k first)."""
-    ca, sa, mlp, smlp = layer.cross_attention, layer.self_attention, layer.mlp, layer.self_mlp
+    (HF keeps k and v projections apart; the op takes them stacked, k first, kept in `cache`
+    until either changes)."""
+    ca, sa, mlp, smlp = (lookup(layer, (name,)) for name in
+                         ("cross_attention", "self_attention", "mlp", "self_mlp"))
+
+    def w(module, *path):
+        return lookup(module, path + ("weight",))
+
+    def b(module, *path):
+        return lookup(module, path + ("bias",))
+
+    def kv(attn):
+        k, v = w(attn, "k_proj"), w(attn, "v_proj")
+        return cached(cache, ("perceiver kv", id(attn)), (k, v), lambda: torch.cat([k, v]))
+
     return [
-        layer.layer_norm_latents.weight, layer.layer_norm_latents.bias,
-        layer.layer_norm_input.weight, layer.layer_norm_input.bias,
-        ca.q_proj.weight, torch.cat([ca.k_proj.weight, ca.v_proj.weight]), ca.o_proj.weight,
-        mlp.layer_norm.weight, mlp.layer_norm.bias, mlp.up_proj.weight, mlp.down_proj.weight,
-        layer.layer_norm_self.weight, layer.layer_norm_self.bias,
-        sa.q_proj.weight, torch.cat([sa.k_proj.weight, sa.v_proj.weight]), sa.o_proj.weight,
-        smlp.layer_norm.weight, smlp.layer_norm.bias, smlp.up_proj.weight, smlp.down_proj.weight,
+        w(layer, "layer_norm_latents"), b(layer, "layer_norm_latents"),
+        w(layer, "layer_norm_input"), b(layer, "layer_norm_input"),
+        w(ca, "q_proj"), kv(ca), w(ca, "o_proj"),
+        w(mlp, "layer_norm"), b(mlp, "layer_norm"), w(mlp, "up_proj"), w(mlp, "down_proj"),
+        w(layer, "layer_norm_self"), b(layer, "layer_norm_self"),
+        w(sa, "q_proj"), kv(sa), w(sa, "o_proj"),
+        w(smlp, "layer_norm"), b(smlp, "layer_norm"), w(smlp, "up_proj"), w(smlp, "down_proj"),
     ]
 
 
-def perceiver_weights(resampler) -> list:
-    return [w for layer in resampler.layers for w in _layer_weights(layer)]
+def perceiver_weights(resampler, cache: Optional[dict] = None) -> list:
+    return [w for layer in resampler.layers for w in _layer_weights(layer, cache)]
 
 
-def _eps(module) -> float:
-    eps = {m.eps for m in module.modules() if isinstance(m, torch.nn.LayerNorm)}
-    return eps.pop() if len(eps) == 1 else float("nan")
+# The LayerNorms the op computes, per layer.
+_LAYER_NORMS = (("layer_norm_latents",), ("layer_norm_input",), ("mlp", "layer_norm"),
+                ("layer_norm_self",), ("self_mlp", "layer_norm"))
+
+
+def _layer_norms(layer) -> list:
+    return [lookup(layer, path) for path in _LAYER_NORMS]
 
 
 def _layer_unsupported(layer) -> bool:
-    return (
-        _dropping(layer, layer.dropout.p, layer.cross_attention.attention_dropout,
-                  layer.self_attention.attention_dropout)
-        or math.isnan(_eps(layer))
-    )
+    return _dropping(layer, layer.dropout.p, layer.cross_attention.attention_dropout,
+                     layer.self_attention.attention_dropout)
 
 
 @register_adapter(f"{_HF}.EdgeTamVideoPerceiverResampler")
@@ -76,9 +92,12 @@ def _perceiver_resampler(module, state, original):
     def forward(self, hidden_states, positional_encoding=None):
         b, c, h, w = hidden_states.shape
         nw = math.isqrt(self.num_latents_2d) if self.num_latents_2d > 0 else 1
+        layers = list(self.layers)
+        eps = common_eps([n for layer in layers for n in _layer_norms(layer)]
+                          + [self.layer_norm])
         if (
-            any(_layer_unsupported(layer) for layer in self.layers)
-            or math.isnan(_eps(self))
+            any(_layer_unsupported(layer) for layer in layers)
+            or math.isnan(eps)
             or (self.num_latents_2d > 0 and (h != w or h % nw != 0))  # HF pads; the op does not
         ):
             return original(hidden_states, positional_encoding)
@@ -86,9 +105,9 @@ def _perceiver_resampler(module, state, original):
         lat1 = self.latents_1d if self.num_latents_1d > 0 else None
         lat2 = self.latents_2d if self.num_latents_2d > 0 else None
         latents = ops.spatial_perceiver(
-            hidden_states, positional_encoding, lat1, lat2, perceiver_weights(self),
-            self.layer_norm.weight, self.layer_norm.bias, depth=len(self.layers),
-            heads=layer0.num_attention_heads, use_self_attn=True, eps=_eps(self),
+            hidden_states, positional_encoding, lat1, lat2, perceiver_weights(self, state),
+            self.layer_norm.weight, self.layer_norm.bias, depth=len(layers),
+            heads=layer0.num_attention_heads, use_self_attn=True, eps=eps,
             backend=state["options"]["backend"],
         )
         if positional_encoding is None:
@@ -107,11 +126,12 @@ def _perceiver_resampler(module, state, original):
 @register_adapter(f"{_HF}.EdgeTamVideoPerceiverEncoderLayer")
 def _perceiver_encoder_layer(module, state, original):
     def forward(self, latents, input_features, positional_encoding=None):
-        if _layer_unsupported(self):
+        eps = common_eps(_layer_norms(self))
+        if _layer_unsupported(self) or math.isnan(eps):
             return original(latents, input_features, positional_encoding)
+        heads = self.cross_attention.num_attention_heads
         return perceiver_layer(latents, input_features, positional_encoding,
-                               _layer_weights(self), self.cross_attention.num_attention_heads,
-                               True, _eps(self), state["options"])
+                               _layer_weights(self, state), heads, True, eps, state["options"])
 
     return forward
 

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 
 from . import ops
 from ._adapters_common import (
-    MLP, Norm, Projections, Rope, attend, latent_rope, memory_attention_layer,
+    MLP, Norm, Projections, Rope, attend, common_eps, latent_rope, lookup, memory_attention_layer,
 )
 from ._adapters_common import perceiver_layer as _perceiver_layer
 from .patch import _class_key, register_adapter
+from .reference import PERCEIVER_LAYER_PARAMS, params_per_layer
 
 _SAM2 = "sam2.modeling"
 _ROPE_V1 = f"{_SAM2}.sam.transformer.RoPEAttention"
@@ -46,11 +47,14 @@ def _dropping(module, p: float) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def _layer_weights(layer) -> list:
-    from .reference import PERCEIVER_LAYER_PARAMS, params_per_layer
+_LAYER_PARAMS = tuple(tuple(name.split(".")) for name in PERCEIVER_LAYER_PARAMS)
+# The LayerNorms the op computes, per layer (the first three in layers without self-attention).
+_LAYER_NORMS = (("attn", "norm_latents"), ("attn", "norm_x"), ("ff", "0"), ("self_attn", "norm"),
+                ("self_ff", "0"))
 
-    names = PERCEIVER_LAYER_PARAMS[: params_per_layer(layer.use_self_attn)]
-    return [layer.get_parameter(name) for name in names]
+
+def _layer_weights(layer) -> list:
+    return [lookup(layer, path) for path in _LAYER_PARAMS[: params_per_layer(layer.use_self_attn)]]
 
 
 def perceiver_weights(resampler) -> list:
@@ -58,25 +62,23 @@ def perceiver_weights(resampler) -> list:
     return [w for layer in resampler.layers for w in _layer_weights(layer)]
 
 
-def _perceiver_eps(module) -> float:
-    eps = {m.eps for m in module.modules() if isinstance(m, torch.nn.LayerNorm)}
-    return eps.pop() if len(eps) == 1 else float("nan")
+def _layer_norms(layer) -> list:
+    return [lookup(layer, path) for path in _LAYER_NORMS[: 5 if layer.use_self_attn else 3]]
 
 
 def _layer_unsupported(layer) -> bool:
-    attn = layer.attn
-    return (
-        _dropping(layer, max(attn.dropout_p, layer.dropout.p)) or attn.concat_kv_latents
-        or math.isnan(_perceiver_eps(layer))
-    )
+    attn = lookup(layer, ("attn",))
+    return (_dropping(layer, max(attn.dropout_p, lookup(layer, ("dropout",)).p))
+            or attn.concat_kv_latents)
 
 
 @register_adapter(f"{_SAM2}.perceiver.PerceiverResampler")
 def _perceiver_resampler(module, state, original):
     def forward(self, x, pos=None):
-        layer0 = self.layers[0]
-        eps = _perceiver_eps(self)
-        if any(_layer_unsupported(layer) for layer in self.layers) or math.isnan(eps):
+        layers = list(self.layers)
+        layer0 = layers[0]
+        eps = common_eps([n for layer in layers for n in _layer_norms(layer)] + [self.norm])
+        if any(_layer_unsupported(layer) for layer in layers) or math.isnan(eps):
             return original(x, pos)
         opts = state["options"]
         lat1 = self.latents if self.num_latents > 0 else None
@@ -104,10 +106,11 @@ def _perceiver_resampler(module, state, original):
 @register_adapter(f"{_SAM2}.perceiver.PerceiverEncoderLayer")
 def _perceiver_encoder_layer(module, state, original):
     def forward(self, latents, x, pos=None):
-        if _layer_unsupported(self):
+        eps = common_eps(_layer_norms(self))
+        if _layer_unsupported(self) or math.isnan(eps):
             return original(latents, x, pos)
         return _perceiver_layer(latents, x, pos, _layer_weights(self), self.attn.heads,
-                                self.use_self_attn, _perceiver_eps(self), state["options"])
+                                self.use_self_attn, eps, state["options"])
 
     return forward
 
@@ -115,12 +118,13 @@ def _perceiver_encoder_layer(module, state, original):
 @register_adapter(f"{_SAM2}.perceiver.PerceiverAttention")
 def _perceiver_attention(module, state, original):
     def forward(self, latents, x, pos=None):
-        if _dropping(self, self.dropout_p) or self.concat_kv_latents:
+        eps = common_eps((self.norm_latents, self.norm_x))  # the op takes one eps
+        if _dropping(self, self.dropout_p) or self.concat_kv_latents or math.isnan(eps):
             return original(latents, x, pos)
         return ops.perceiver_attention(
             latents, x, pos, self.norm_latents.weight, self.norm_latents.bias, self.norm_x.weight,
             self.norm_x.bias, self.to_q.weight, self.to_kv.weight, self.to_out.weight,
-            heads=self.heads, eps=self.norm_x.eps, backend=state["options"]["backend"],
+            heads=self.heads, eps=eps, backend=state["options"]["backend"],
         )
 
     return forward

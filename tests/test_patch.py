@@ -216,3 +216,26 @@ def test_compile_fullgraph(kind, what):
     compiled = torch.compile(module, fullgraph=True, backend="eager")
     out = _run(compiled, kwargs)
     assert torch.equal(out, eager)
+
+
+@pytest.mark.parametrize("kind", ["meta", "hf"])
+def test_perceiver_with_mixed_layer_norm_eps_runs_the_original(kind):
+    """The op takes one eps: a perceiver whose LayerNorms disagree runs its own forward (whole
+    resampler and the layer itself), and an in-place weight change after a cached call shows."""
+    module, kwargs = _perceiver_call(kind)
+    layer = module.layers[1]
+    ln = layer.attn.norm_x if kind == "meta" else layer.mlp.layer_norm
+    ek.patch(module, backend="reference")
+    patched = _run(module, kwargs)
+    ln.eps = 1e-2
+    reference = _run(ek.unpatch(copy.deepcopy(module)), kwargs)
+    assert torch.equal(_run(module, kwargs), reference)
+    assert rel_l2(reference, patched) > 1e-6  # the eps change is visible at all
+    ln.eps = module.layers[0].mlp.layer_norm.eps if kind == "hf" else \
+        module.layers[0].attn.norm_x.eps
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.mul_(0.75)
+    scaled = _run(module, kwargs)
+    assert rel_l2(scaled, _run(ek.unpatch(copy.deepcopy(module)), kwargs)) < 1e-5
+    assert rel_l2(scaled, patched) > 1e-3
