@@ -170,11 +170,12 @@ struct WindowScratch {
   float *q, *s, *m, *l, *acc;
   static int64_t bytes(int64_t dh, int64_t Wimg, int64_t ws) {
     const int64_t Wp = round_up(Wimg, V::W);
-    return arena_bytes<float>(dh * Wp) + arena_bytes<float>(ws * Wp) + 3 * arena_bytes<float>(Wp);
+    return arena_bytes<float>(dh * Wp + V::W) + arena_bytes<float>(ws * Wp) +
+           3 * arena_bytes<float>(Wp);
   }
   WindowScratch(Arena& ar, int64_t dh, int64_t Wimg, int64_t ws) {
     const int64_t Wp = round_up(Wimg, V::W);
-    q = ar.take<float>(dh * Wp);
+    q = ar.take<float>(dh * Wp + V::W);  // the expansion's last vector store may run over
     s = ar.take<float>(ws * Wp);
     m = ar.take<float>(Wp);
     l = ar.take<float>(Wp);
@@ -186,11 +187,15 @@ void window_attention(const WindowAttn& a, int64_t jy, WindowScratch& t) {
   constexpr int64_t W = V::W;
   const int64_t Wimg = a.Wimg, ws = a.ws, Wp = round_up(Wimg, W);
   const int64_t lat0 = jy * a.nw;            // first latent of the window row
-  for (int64_t d = 0; d < a.dh; ++d) {  // q expanded along the image row
+  // q expanded along the image row by whole-vector stores: each runs up to W - 1 lanes past
+  // its window, which the next window's store (or the next row's) overwrites.
+  for (int64_t d = 0; d < a.dh; ++d) {
     const float* src = a.qt + d * a.ldq + lat0;
     float* dst = t.q + d * Wp;
-    for (int64_t g = 0; g < a.nw; ++g)
-      for (int64_t x = g * ws; x < (g + 1) * ws; ++x) dst[x] = src[g];
+    for (int64_t g = 0; g < a.nw; ++g) {
+      const vf qv = V::set1(src[g]);
+      for (int64_t x = g * ws; x < (g + 1) * ws; x += W) V::store(dst + x, qv);
+    }
     for (int64_t x = Wimg; x < Wp; ++x) dst[x] = 0.0f;
   }
   for (int64_t dy = 0; dy < ws; ++dy) {

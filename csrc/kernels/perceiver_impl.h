@@ -171,6 +171,22 @@ void cross_out(const ColCtx& x, int64_t layer) {
     for (int64_t l = max64(c0, pl.L1); l < c0 + x.n; ++l) b.o[r * ld + l] = b.v[r * ld + l];
 }
 
+// The chunk's global latents attend to every global latent (Q, K, V from cross_out).
+void self_attention(const ColCtx& x, int64_t layer) {
+  const PerceiverArgs& a = x.a;
+  const LatentBufs& b = x.b;
+  const int64_t L1 = x.pl.L1, dh = a.inner_s[layer] / a.heads, ld = b.ld;
+  if (x.c0 >= L1) return;
+  Arena ar(BlockScratch::bytes(dh), 2);
+  BlockScratch bs(ar, dh);
+  for (int64_t h = 0; h < a.heads; ++h) {
+    HeadAttn ha{b.q + h * dh * ld, b.k + h * dh * ld, b.v + h * dh * ld,
+                b.o + h * dh * ld, ld, ld, ld, ld, L1, dh, dh};
+    for (int64_t q0 = x.c0; q0 < min64(x.c1, L1); q0 += kPerceiverQueries)
+      block_attention(ha, q0, min64(kPerceiverQueries, min64(x.c1, L1) - q0), bs);
+  }
+}
+
 // After the self-attention: lat += Wout O^T, the feed-forward.
 void self_out(const ColCtx& x, int64_t layer) {
   const PerceiverArgs& a = x.a;
@@ -190,7 +206,7 @@ void final_norm(const ColCtx& x, float* out) {
 
 void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, const Plan& pl,
                      const LatentBufs& b, const Partials& pt) {
-  const int64_t L1 = pl.L1, L = pl.L, ld = b.ld;
+  const int64_t L1 = pl.L1, L = pl.L;
   const float* x = a.x + bi * a.C * pl.N;
   const float* pos = (a.pos && L1) ? a.pos + bi * a.pos_bstride : nullptr;
   float* out = a.out + bi * L * a.C;
@@ -233,19 +249,9 @@ void perceiver_batch(const PerceiverArgs& a, const Parallel& par, int64_t bi, co
     });
     if (!a.self_attn) continue;
 
-    const int64_t dhs = a.inner_s[layer] / a.heads;
-    if (L1) {
-      const int64_t nqb = ceil_div(L1, kPerceiverQueries);
-      parallel_items(par, a.heads * nqb, [&](int64_t it) {
-        const int64_t h = it / nqb, q0 = (it % nqb) * kPerceiverQueries;
-        Arena ar(BlockScratch::bytes(dhs), 1);
-        BlockScratch bs(ar, dhs);
-        HeadAttn ha{b.q + h * dhs * ld, b.k + h * dhs * ld, b.v + h * dhs * ld,
-                    b.o + h * dhs * ld, ld, ld, ld, ld, L1, dhs, dhs};
-        block_attention(ha, q0, min64(kPerceiverQueries, L1 - q0), bs);
-      });
-    }
+    // A chunk's self-attention output is read only by the chunk itself: no wait between them.
     cols([&](const ColCtx& cx) {
+      self_attention(cx, layer);
       self_out(cx, layer);
       if (last)
         final_norm(cx, out);

@@ -129,24 +129,33 @@ void ln_channels(const float* x, int64_t ldx, int64_t C, const float* w, const f
   ln_apply(x, ldx, C, w, b, y, ldy, n0, n1, mean, rstd);
 }
 
-// Exact-erf GELU, 0.5 (x + |x| erf(|x| / sqrt 2)), erf by Abramowitz-Stegun 7.1.26
-// (absolute error 1.5e-7), in place over n values.
+// Exact-erf GELU, 0.5 x + 0.5 |x| erf(|x| / sqrt 2), in place over n values. erf is Eigen's
+// (and XLA's) rational approximation z P(z^2) / Q(z^2) on z clamped to [-4, 4] (erf(4) rounds
+// to 1 in fp32), absolute error 6.5e-8 in exact arithmetic; about 2/3 of the cost of the
+// Abramowitz-Stegun form (no exp2). GELU error as evaluated in fp32 (AVX-512, vs float64):
+// at most 2.1e-7 max(|x|, 1), 1.1e-6 absolute (A-S: 1.7e-7 and 3.8e-7).
+// It runs on z = -|x| / sqrt 2 (so only a max clamps it) with P scaled by -0.5: the quotient
+// is 0.5 erf(|x| / sqrt 2).
 void gelu(float* x, int64_t n) {
   constexpr int64_t W = V::W;
-  const vf one = V::set1(1.0f), half = V::set1(0.5f), p = V::set1(0.3275911f);
-  const vf a1 = V::set1(0.254829592f), a2 = V::set1(-0.284496736f), a3 = V::set1(1.421413741f),
-           a4 = V::set1(-1.453152027f), a5 = V::set1(1.061405429f);
-  const vf rs2 = V::set1(0.70710678118654752f), nl2e = V::set1(-1.4426950408889634f);
+  const vf nrs2 = V::set1(-0.70710678118654752f), lo = V::set1(-4.0f), half = V::set1(0.5f);
+  const float pc[] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f,
+                      -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
+                      -1.60960333262415e-02f};
+  const float qc[] = {-1.45660718464996e-05f, -2.13374055278905e-04f, -1.68282697438203e-03f,
+                      -7.37332916720468e-03f, -1.42647390514189e-02f};
+  vf pv[7], qv[5];
+  for (int i = 0; i < 7; ++i) pv[i] = V::set1(-0.5f * pc[i]);
+  for (int i = 0; i < 5; ++i) qv[i] = V::set1(qc[i]);
   int64_t i = 0;
-  auto one_vec = [&](vf xv) {
-    vf z = V::mul(V::abs(xv), rs2);
-    vf t = V::div(one, V::fma(p, z, one));
-    vf poly = V::fma(V::fma(V::fma(V::fma(a5, t, a4), t, a3), t, a2), t, a1);
-    vf e = V::exp2(V::mul(V::mul(z, z), nl2e));
-    vf erf = V::sub(one, V::mul(V::mul(poly, t), e));
-    return V::mul(half, V::fma(V::abs(xv), erf, xv));
-  };
-  for (; i + W <= n; i += W) V::store(x + i, one_vec(V::load(x + i)));
+  for (; i + W <= n; i += W) {
+    const vf xv = V::load(x + i), a = V::abs(xv);
+    const vf z = V::max(V::mul(a, nrs2), lo), z2 = V::mul(z, z);
+    vf p = pv[0], q = qv[0];
+    for (int k = 1; k < 7; ++k) p = V::fma(p, z2, pv[k]);
+    for (int k = 1; k < 5; ++k) q = V::fma(q, z2, qv[k]);
+    V::store(x + i, V::fma(a, V::div(V::mul(z, p), q), V::mul(half, xv)));
+  }
   for (; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
 }
 
