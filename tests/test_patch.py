@@ -227,12 +227,11 @@ def test_perceiver_with_mixed_layer_norm_eps_runs_the_original(kind):
     ln = layer.attn.norm_x if kind == "meta" else layer.mlp.layer_norm
     ek.patch(module, backend="reference")
     patched = _run(module, kwargs)
-    ln.eps = 1e-2
+    eps, ln.eps = ln.eps, 1e-2
     reference = _run(ek.unpatch(copy.deepcopy(module)), kwargs)
     assert torch.equal(_run(module, kwargs), reference)
     assert rel_l2(reference, patched) > 1e-6  # the eps change is visible at all
-    ln.eps = module.layers[0].mlp.layer_norm.eps if kind == "hf" else \
-        module.layers[0].attn.norm_x.eps
+    ln.eps = eps
     with torch.no_grad():
         for p in layer.parameters():
             p.mul_(0.75)

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tuning import bucket
+
 # Environment variable choosing how tl.dot treats fp32 operands on a GPU:
 #   "ieee"   exact fp32 products (default: results match the fp32 reference to ~1e-6)
 #   "tf32"   tensor-core TF32 (10-bit mantissa inputs, ~1e-3 relative error, several x faster)
@@ -52,7 +54,7 @@ def cdiv(a: int, b: int) -> int:
 
 def pow2(n: int, lo: int = 16) -> int:
     """Next power of two >= n, at least `lo` (tl.dot needs every dim >= 16)."""
-    return max(lo, 1 << (max(int(n), 1) - 1).bit_length())
+    return max(lo, bucket(n))
 
 
 def num_sms(device) -> int:

@@ -420,7 +420,7 @@ def _dot_dtype(dtype):
 def supports(op, args):
     """Shape limits of these kernels (dtype / device are checked by the backend)."""
     if op == "perceiver_attention":
-        latents, w_q, w_kv = args[0], args[7], args[8]
+        latents, w_q = args[0], args[7]
         c, inner = latents.shape[-1], w_q.shape[0]
     else:
         x, pos, weights, use_self_attn = args[0], args[1], args[4], args[9]
