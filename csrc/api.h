@@ -68,6 +68,8 @@ struct PerceiverArgs {
   int64_t depth, heads, n_per_layer;
   bool self_attn;
   float eps;
+  int compute;            // Compute of the global latents' cross-attention products (fp32 or
+                          // bf16); everything else is fp32. ISAs without AMX compute fp32.
   const float* const* w;  // depth * n_per_layer weight pointers
   const int64_t* inner;   // per layer: cross-attention inner dim
   const int64_t* hidden;  // per layer: feed-forward hidden dim

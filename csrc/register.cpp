@@ -116,8 +116,10 @@ const float* fptr(const Tensor& t, const char* name) {
 Tensor spatial_perceiver(Tensor x, std::optional<Tensor> pos, std::optional<Tensor> latents_1d,
                          std::optional<Tensor> latents_2d, std::vector<Tensor> weights,
                          Tensor norm_w, Tensor norm_b, int64_t depth, int64_t heads,
-                         bool use_self_attn, double eps) {
+                         bool use_self_attn, double eps, int64_t compute) {
   edgetam_cpu::PerceiverArgs a{};
+  STD_TORCH_CHECK(compute == 0 || compute == 1, "compute must be 0 (fp32) or 1 (bf16)");
+  a.compute = int(compute);
   STD_TORCH_CHECK(x.dim() == 4, "x must be (B, C, H, W)");
   a.x = fptr(x, "x");
   a.B = x.size(0);
@@ -196,7 +198,7 @@ STABLE_TORCH_LIBRARY(edgetam_cpu, m) {
         "int k_repeat, int num_k_exclude_rope, float theta, float scale, int compute) -> Tensor");
   m.def("spatial_perceiver(Tensor x, Tensor? pos, Tensor? latents_1d, Tensor? latents_2d, "
         "Tensor[] weights, Tensor norm_w, Tensor norm_b, int depth, int heads, bool use_self_attn, "
-        "float eps) -> Tensor");
+        "float eps, int compute) -> Tensor");
   m.def("get_isa() -> int");
   m.def("best_isa() -> int");
   m.def("isa_supported(int isa) -> bool");

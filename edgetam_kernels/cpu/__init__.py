@@ -85,7 +85,7 @@ if _ops is not None:
 
     @torch.library.register_fake("edgetam_cpu::spatial_perceiver")
     def _(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth, heads, use_self_attn,
-          eps):
+          eps, compute):
         n = sum(t.shape[0] for t in (latents_1d, latents_2d) if t is not None)
         return x.new_empty((x.shape[0], n, x.shape[1]))
 
@@ -114,14 +114,18 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
 
 
 def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth, heads=1,
-                      use_self_attn=True, eps=1e-5):
-    # The perceiver kernel computes in fp32 (it is about 1 % of a frame); other dtypes convert.
+                      use_self_attn=True, eps=1e-5, compute_dtype=None):
+    # fp32 storage throughout; bf16 compute (asked for, or bf16 inputs) runs the global latents'
+    # cross-attention products on bf16 operands where the CPU has AMX. fp16 has no such path:
+    # it computes in fp32.
+    compute = 1 if (compute_dtype if compute_dtype is not None else x.dtype) == torch.bfloat16 \
+        else 0
     # 40-odd weights per call: skip the no-op conversions (each is a dispatcher round trip).
     if not all(w.dtype == torch.float32 and w.is_contiguous() for w in weights):
         weights = [_f32(w) for w in weights]
     out = _ops.spatial_perceiver(_f32(x), _f32(pos), _f32(latents_1d), _f32(latents_2d),
                                  weights, _f32(norm_w), _f32(norm_b),
-                                 int(depth), int(heads), bool(use_self_attn), float(eps))
+                                 int(depth), int(heads), bool(use_self_attn), float(eps), compute)
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
