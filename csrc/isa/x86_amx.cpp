@@ -1,6 +1,6 @@
-// AVX-512 + AVX512_BF16 + AMX (tile, bf16): fp32 kernels as x86_avx512bf16.cpp, bf16-compute
-// attention on AMX tiles. ISA flags for this file only; used when cpuid reports AMX and Linux
-// grants the tile state.
+// AVX-512 + AVX512_BF16 + AMX (tile, bf16): fp32 kernels as x86_avx512bf16.cpp; bf16 compute
+// of the RoPE attention and of the perceiver's global attention on AMX tiles. ISA flags for
+// this file only; used when cpuid reports AMX and Linux grants the tile state.
 #if defined(__x86_64__) && defined(__linux__)
 #include <cstdint>
 #include <cstdlib>
@@ -17,6 +17,8 @@
 #endif
 #include "../simd/avx512.h"
 #include "../kernels/attention_amx.h"
+#define EDGETAM_PERCEIVER_AMX 1
+#include "../kernels/perceiver_amx.h"
 #include "../kernels/perceiver_impl.h"
 #if defined(__clang__)
 #pragma clang attribute pop

@@ -15,6 +15,9 @@
 // One final LayerNorm, written token-major (B, L1 + L2, C).
 #pragma once
 #include "perceiver_attn.h"
+#ifndef EDGETAM_PERCEIVER_AMX
+#define EDGETAM_PERCEIVER_AMX 0  // x86_amx.cpp: bf16 compute of the global attention on AMX
+#endif
 
 
 namespace edgetam_cpu {
@@ -99,6 +102,12 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
     HeadAttn ha{b.q + h * dh * ld, kv + h * dh * lc, kv + (inner + h * dh) * lc,
                 pt.o + (ci * pl.inner_x + h * dh) * ld, ld, lc, lc, ld, len, dh, dh,
                 pt.m + slot * ld, pt.l + slot * ld};
+#if EDGETAM_PERCEIVER_AMX
+    if (a.compute == kComputeBF16) {
+      amx_global_attention(ha, pl.L1);
+      continue;
+    }
+#endif
     for (int64_t q0 = 0; q0 < pl.L1; q0 += kPerceiverQueries)
       block_attention(ha, q0, min64(kPerceiverQueries, pl.L1 - q0), bs);
   }

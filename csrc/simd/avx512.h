@@ -75,7 +75,14 @@ struct V {
   static f round_f16(f x) { return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)); }
   // (lo, hi) -> 16 bf16 pairs, lo in the low half of each 32-bit word (the layout bf16 dots read)
   static void store_pairs(uint32_t* p, f lo, f hi) {
-    __m512i r = _mm512_or_si512(bf16_bits(lo), _mm512_slli_epi32(bf16_bits(hi), 16));
+#if EDGETAM_BF16DOT  // one conversion of both (lo in elements 0-15), then interleave
+    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
+                                           9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
+                                           17, 1, 16, 0);
+    const __m512i r = _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+#else
+    const __m512i r = _mm512_or_si512(bf16_bits(lo), _mm512_slli_epi32(bf16_bits(hi), 16));
+#endif
     _mm512_storeu_si512((void*)p, r);
   }
   static f dot_bf16(f acc, f a, f b) {
