@@ -155,7 +155,8 @@ class SpatialPerceiver(nn.Module):
         latents = ek.spatial_perceiver(
             x, pos, self.latents, self.latents_2d, self.weights(), self.norm.weight,
             self.norm.bias, depth=len(self.layers), heads=self.heads, use_self_attn=True,
-            eps=self.norm.eps, backend=self.backend)
+            eps=self.norm.eps, compute_dtype=getattr(self, "compute_dtype", None),
+            backend=self.backend)
         b, c = x.shape[:2]
         side = math.isqrt(self.latents_2d.shape[0])
         pos_2d = sine_position_encoding(c, side, side, x.device).to(latents.dtype)

@@ -104,11 +104,12 @@ def _perceiver_resampler(module, state, original):
         layer0 = self.layers[0].cross_attention
         lat1 = self.latents_1d if self.num_latents_1d > 0 else None
         lat2 = self.latents_2d if self.num_latents_2d > 0 else None
+        opts = state["options"]
         latents = ops.spatial_perceiver(
             hidden_states, positional_encoding, lat1, lat2, perceiver_weights(self, state),
             self.layer_norm.weight, self.layer_norm.bias, depth=len(layers),
             heads=layer0.num_attention_heads, use_self_attn=True, eps=eps,
-            backend=state["options"]["backend"],
+            compute_dtype=opts["compute_dtype"], backend=opts["backend"],
         )
         if positional_encoding is None:
             return latents, None

@@ -86,7 +86,7 @@ def _perceiver_resampler(module, state, original):
         latents = ops.spatial_perceiver(
             x, pos, lat1, lat2, perceiver_weights(self), self.norm.weight, self.norm.bias,
             depth=len(self.layers), heads=layer0.attn.heads, use_self_attn=layer0.use_self_attn,
-            eps=eps, backend=opts["backend"],
+            eps=eps, compute_dtype=opts["compute_dtype"], backend=opts["backend"],
         )
         if pos is None:
             return latents, None

@@ -43,6 +43,18 @@ def shape(name: str, t: torch.Tensor, expected: Sequence[int]) -> None:
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
 
 
+# What the spatial perceiver's compute_dtype may be (None: the inputs' dtype).
+PERCEIVER_COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def compute_dtype_in(value, allowed: Sequence[torch.dtype], error: type = ValueError) -> None:
+    """`compute_dtype` is None or one of `allowed` (compared as dtypes: a string such as
+    "bf16" is refused too, not converted)."""
+    if value is not None and not (isinstance(value, torch.dtype) and value in allowed):
+        names = ", ".join(str(d) for d in allowed)
+        raise error(f"compute_dtype must be None or one of {names}, got {value!r}")
+
+
 def grid(name: str, g: Sequence[int]) -> None:
     if len(g) != 2 or any((not isinstance(v, int)) or v < 0 for v in g):
         raise ValueError(f"{name} must be two non-negative ints (rows, cols), got {g!r}")
@@ -94,8 +106,7 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta,
         raise ValueError(f"theta must be positive and finite, got {theta}")
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
-    if compute_dtype is not None and compute_dtype not in FLOAT_DTYPES:
-        raise TypeError(f"compute_dtype must be a floating dtype or None, got {compute_dtype}")
+    compute_dtype_in(compute_dtype, FLOAT_DTYPES, TypeError)
 
 
 def heads(name: str, dim: int, n_heads: int) -> None:
@@ -139,8 +150,9 @@ def perceiver_attention(latents, x, pos, ln_latents_w, ln_latents_b, ln_x_w, ln_
 
 
 def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth, heads_,
-                      use_self_attn, eps, n_per_layer) -> None:
+                      use_self_attn, eps, compute_dtype, n_per_layer) -> None:
     tensor("x", x, 4)
+    compute_dtype_in(compute_dtype, PERCEIVER_COMPUTE_DTYPES)
     b, c, h, w = x.shape
     if h * w == 0:
         raise ValueError(f"x has an empty spatial grid {h}x{w}")

@@ -260,7 +260,7 @@ def spatial_perceiver_case(device="cpu", dtype=torch.float32, grid=64, batch=1,
                 flops=batch * perceiver_flops(n, 64, 256, 256, (grid // 16) ** 2),
                 bytes=x.element_size() * (2 * x.numel() + batch * 512 * 64))
     kw = dict(depth=2, use_self_attn=True)
-    args = (x, pos, lat1, lat2, ws, nw, nb, 2, 1, True, 1e-5)
+    args = (x, pos, lat1, lat2, ws, nw, nb, 2, 1, True, 1e-5, None)  # the op's, minus backend
     case.providers["reference"] = lambda: ops.spatial_perceiver(
         x, pos, lat1, lat2, ws, nw, nb, backend="reference", **kw)
     case.providers.update(_backend_providers(

@@ -268,10 +268,11 @@ def _spatial_perceiver_op(
     heads: int,
     use_self_attn: bool,
     eps: float,
+    compute_dtype: Optional[torch.dtype],
     backend: str,
 ) -> Tensor:
     args = (x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth, heads, use_self_attn,
-            eps)
+            eps, compute_dtype)
     _checks.spatial_perceiver(*args, reference.params_per_layer(use_self_attn))
     if x.shape[0] == 0 or x.shape[1] == 0:
         n = sum(t.shape[0] for t in (latents_1d, latents_2d) if t is not None)
@@ -282,14 +283,15 @@ def _spatial_perceiver_op(
 
 @_spatial_perceiver_op.register_fake
 def _(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth, heads, use_self_attn, eps,
-      backend):
+      compute_dtype, backend):
     _checks.spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth,
-                              heads, use_self_attn, eps, reference.params_per_layer(use_self_attn))
+                              heads, use_self_attn, eps, compute_dtype,
+                              reference.params_per_layer(use_self_attn))
     n = sum(t.shape[0] for t in (latents_1d, latents_2d) if t is not None)
     return x.new_empty((x.shape[0], n, x.shape[1]))
 
 
-_register_reference_autograd(_spatial_perceiver_op, reference.spatial_perceiver, 11)
+_register_reference_autograd(_spatial_perceiver_op, reference.spatial_perceiver, 12)
 
 
 def spatial_perceiver(
@@ -305,6 +307,7 @@ def spatial_perceiver(
     heads: int = 1,
     use_self_attn: bool = True,
     eps: float = 1e-5,
+    compute_dtype: Optional[torch.dtype] = None,
     backend: str = "auto",
 ) -> Tensor:
     """EdgeTAM's 2D Spatial Perceiver: memory features x (B, C, H, W) -> latents (B, L1+L2, C).
@@ -313,8 +316,17 @@ def spatial_perceiver(
     (`edgetam_kernels.patch.perceiver_weights(module)` extracts it from Meta's or HF's module).
     Global latents (L1, C) attend to all tokens with `pos` (B, C, H, W) added to keys and
     values; patch latents (L2, C) each attend to their own window; one final LayerNorm.
+
+    compute_dtype: None (the inputs' dtype), torch.float32, torch.bfloat16 or torch.float16:
+    the precision of the global latents' cross-attention products only (q k^T and p v, about
+    61 % of the FLOPs at EdgeTAM's shape). Accumulation, softmax, LayerNorms, projections,
+    feed-forwards, the patch latents' window attention and the latent self-attention stay in
+    the input precision; the output has x's dtype. It permits, and does not promise, lower
+    precision: a backend without a faster path for it computes more precisely (cpu: bf16 on
+    AMX where the CPU has it, else fp32; fp16 as fp32. triton and metal: the input dtype).
     """
     _checks.tensor("x", x)
+    _checks.compute_dtype_in(compute_dtype, _checks.PERCEIVER_COMPUTE_DTYPES)
     weights = list(weights)
     for i, t in enumerate(weights):  # the dispatcher's own message would not name the index
         if not isinstance(t, Tensor):
@@ -322,7 +334,7 @@ def spatial_perceiver(
     _registry.requested(backend)
     return torch.ops.edgetam.spatial_perceiver(
         x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, int(depth), int(heads),
-        bool(use_self_attn), float(eps), backend,
+        bool(use_self_attn), float(eps), compute_dtype, backend,
     )
 
 

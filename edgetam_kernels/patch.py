@@ -176,7 +176,12 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
     backend: "auto" | "reference" | "cpu" | "triton" | "metal" for every patched op.
     compute_dtype: optional precision of memory attention's matmuls (projections, attention,
     MLP), e.g. torch.bfloat16 with an fp32 model: LayerNorms, the residual stream and the
-    module's output stay fp32. None keeps the input dtype. Accuracy: docs/patch.md.
+    module's output stay fp32. Whole perceivers (Meta's PerceiverResampler, HF's
+    EdgeTamVideoPerceiverResampler, edgetam's SpatialPerceiver) pass it to the
+    spatial_perceiver op: there it covers only the global latents' cross-attention products
+    (q k^T, p v), and a backend without a faster path for it may compute more precisely;
+    perceiver layers or attentions patched alone ignore it. None keeps the input dtype.
+    Accuracy: docs/patch.md.
     fuse_encoder: run the RepViT image encoder (timm's RepViT in Meta's and HF's models, and
     our own edgetam/ model when not fused already) re-parameterised: BatchNorms folded into
     their convs and each token mixer's 3x3 + 1x1 + identity branches merged into one conv,

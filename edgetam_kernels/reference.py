@@ -80,6 +80,22 @@ def rotate_keys(
     return torch.cat([rope_part, k[..., n_rope:, :]], dim=-2)
 
 
+def attention(q, k, v, scale: Optional[float] = None,
+              compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """softmax(q k^T * scale) v (SDPA; scale defaults to 1/sqrt(D)). With `compute_dtype`, q, k
+    and v are cast to it for the attention and the result is cast back to q's dtype."""
+    out_dtype = q.dtype
+    if compute_dtype is not None:
+        q, k, v = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)
+    # SDPA called with q, k, v alone where no scale is given: tests substitute it with
+    # three-argument emulations.
+    if scale is None:
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return out.to(out_dtype)
+
+
 def rope_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -103,13 +119,9 @@ def rope_attention(
     cos, sin = rope_cos_sin(q_h, q_w, q.shape[-1], theta, q.device)
     q = apply_rope(q, cos, sin)
     k = rotate_keys(k, k_grid, k_repeat, num_k_exclude_rope, theta)
-    out_dtype = q.dtype
-    if compute_dtype is not None:
-        q, k, v = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
-    return out.to(out_dtype)
+    return attention(q, k, v, scale, compute_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,11 +152,14 @@ def perceiver_attention(
     w_out: torch.Tensor,
     heads: int = 1,
     eps: float = 1e-5,
+    compute_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Perceiver cross-attention block (no residual): latents (B, L, C) attend to x (B, N, C).
 
     q = Wq LN(latents); [k, v] = Wkv LN(x) (k first); k += pos; v += pos;
-    out = Wout softmax(q k^T / sqrt(dh)) v. No biases.
+    out = Wout softmax(q k^T / sqrt(dh)) v. No biases. `compute_dtype` (not part of the
+    perceiver_attention op; spatial_perceiver's global latents use it) casts q, k + pos and
+    v + pos to it for the attention alone; the result is cast back to the input dtype.
     """
     c = latents.shape[-1]
     lat = F.layer_norm(latents, (c,), ln_latents_w, ln_latents_b, eps)
@@ -155,7 +170,7 @@ def perceiver_attention(
     if pos is not None:
         p = _heads(pos, heads)
         k, v = k + p, v + p
-    out = F.scaled_dot_product_attention(q, k, v)
+    out = attention(q, k, v, compute_dtype=compute_dtype)
     return F.linear(_merge_heads(out), w_out)
 
 
@@ -205,9 +220,12 @@ def params_per_layer(use_self_attn: bool) -> int:
     return len(PERCEIVER_LAYER_PARAMS) if use_self_attn else CROSS_PARAMS
 
 
-def perceiver_layer(latents, x, pos, p: Sequence[torch.Tensor], heads, use_self_attn, eps):
-    """One PerceiverEncoderLayer: cross-attn + FF (+ latent self-attn + FF), all residual."""
-    latents = latents + perceiver_attention(latents, x, pos, *p[0:7], heads=heads, eps=eps)
+def perceiver_layer(latents, x, pos, p: Sequence[torch.Tensor], heads, use_self_attn, eps,
+                    compute_dtype: Optional[torch.dtype] = None):
+    """One PerceiverEncoderLayer: cross-attn + FF (+ latent self-attn + FF), all residual.
+    `compute_dtype`: the cross-attention's q k^T and p v only (see perceiver_attention)."""
+    latents = latents + perceiver_attention(latents, x, pos, *p[0:7], heads=heads, eps=eps,
+                                            compute_dtype=compute_dtype)
     latents = latents + _feed_forward(latents, *p[7:11], eps)
     if use_self_attn:
         latents = latents + _self_attention(latents, *p[11:16], heads, eps)
@@ -235,12 +253,18 @@ def spatial_perceiver(
     heads: int = 1,
     use_self_attn: bool = True,
     eps: float = 1e-5,
+    compute_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """EdgeTAM's 2D Spatial Perceiver: (B, C, H, W) memory -> (B, L1 + L2, C) latents.
 
     Global latents (L1, C) attend to all H*W tokens (row-major) with `pos` added to keys and
     values; patch latents (L2, C) attend only to their own window of the sqrt(L2) x sqrt(L2)
     window grid, without pos. The same `depth` layers serve both groups; one final LayerNorm.
+
+    compute_dtype: precision of the global latents' cross-attention products (q k^T and p v):
+    their q, k + pos and v + pos are cast to it and the result back. Everything else (the
+    patch latents' window attention, the latent self-attention, LayerNorms, projections,
+    feed-forwards) stays in the input dtype. None: no cast (the input dtype).
     """
     b, c, h, w = x.shape
     n = params_per_layer(use_self_attn)
@@ -251,7 +275,7 @@ def spatial_perceiver(
         p = pos.flatten(2).transpose(1, 2) if pos is not None else None
         lat = latents_1d.unsqueeze(0).expand(b, -1, -1)
         for lp in layers:
-            lat = perceiver_layer(lat, tokens, p, lp, heads, use_self_attn, eps)
+            lat = perceiver_layer(lat, tokens, p, lp, heads, use_self_attn, eps, compute_dtype)
         outs.append(lat)
     if latents_2d is not None:
         nw = math.isqrt(latents_2d.shape[0])

@@ -125,11 +125,28 @@ def _sp(**over):
         (dict(depth=0), ValueError, "depth"),
         (dict(heads=3), ValueError, "heads=3"),
         (dict(latents_2d=torch.randn(4, 16, dtype=torch.float64)), TypeError, "latents_2d"),
+        (dict(compute_dtype=torch.int32), ValueError, "compute_dtype"),
+        (dict(compute_dtype=torch.float64), ValueError, "compute_dtype"),
+        (dict(compute_dtype="bf16"), ValueError, "compute_dtype"),
     ],
 )
 def test_spatial_perceiver_bad_input(over, error, match):
     with pytest.raises(error, match=match):
         _sp(**over)
+
+
+def test_spatial_perceiver_op_bad_compute_dtype():
+    """The op itself (no public wrapper in front) checks compute_dtype too, fake included."""
+    (x, pos, l1, l2, ws, nw_, nb_), kw = perceiver_inputs()
+    args = (x, pos, l1, l2, ws, nw_, nb_, kw["depth"], 1, kw["use_self_attn"], 1e-5, torch.int32,
+            "reference")
+    with pytest.raises(ValueError, match="compute_dtype"):
+        torch.ops.edgetam.spatial_perceiver(*args)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else
+                [mode.from_tensor(t) for t in a] if isinstance(a, list) else a for a in args]
+        with pytest.raises(ValueError, match="compute_dtype"):
+            torch.ops.edgetam.spatial_perceiver(*fake)
 
 
 def test_spatial_perceiver_wrong_weight_shape_names_index():

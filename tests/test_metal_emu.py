@@ -218,6 +218,14 @@ def test_metal_spatial_perceiver_fp16(lib, poison):
     _check(out, args, reference.spatial_perceiver, torch.float16)
 
 
+def test_metal_spatial_perceiver_compute_dtype_keeps_the_input_dtype(lib):
+    """compute_dtype permits lower precision for the global latents' cross-attention; these
+    kernels have no faster path for it and compute as without it (docs/metal.md)."""
+    args = cases.spatial_case(**dict(cases.SPATIAL[0][1], depth=1))
+    assert torch.equal(_launch.spatial_perceiver(lib, *args, torch.bfloat16),
+                       _launch.spatial_perceiver(lib, *args))
+
+
 def test_metal_spatial_perceiver_does_not_touch_inputs(lib):
     args = cases.spatial_case(**cases.SPATIAL[2][1])
     before = [t.clone() for t in (args[0], args[2])]

@@ -87,7 +87,7 @@ def test_metal_mps_perceiver_attention(poison, pos, dtype):
 def test_metal_mps_spatial_perceiver(poison, name, kw, dtype):
     _dtype_or_skip(dtype)
     args = cases.spatial_case(**kw, dtype=dtype)
-    out = torch.ops.edgetam.spatial_perceiver(*_mps(args), "metal")
+    out = torch.ops.edgetam.spatial_perceiver(*_mps(args), None, "metal")
     _check(out, args, reference.spatial_perceiver, dtype, name)
 
 

@@ -11,7 +11,7 @@ import torch
 
 import edgetam_kernels as ek
 from edgetam_kernels import reference
-from edgetam_kernels.testing import assert_close, rel_l2, to64
+from edgetam_kernels.testing import TOLERANCE, assert_close, rel_l2, to64
 
 
 def rope_inputs(b=2, h=1, grid=(4, 6), frames=2, frame_len=7, k_grid=(2, 3), ptr=3, d=16,
@@ -104,6 +104,39 @@ def test_reference_spatial_perceiver_windows_match_explicit_loop():
 
 
 # ---------------------------------------------------------------------------------------------
+# spatial_perceiver's compute_dtype in the reference (budgets per backend: test_cpu_perceiver.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def _sp_ref(args, kw, *compute_dtype):
+    return reference.spatial_perceiver(*args, kw["depth"], 1, kw["use_self_attn"], 1e-5,
+                                       *compute_dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_reference_perceiver_compute_dtype_none_is_the_input_dtype(dtype):
+    """None casts nothing, so it is bit-identical to asking for the inputs' own dtype."""
+    args, kw = perceiver_inputs(dtype=dtype)
+    none = _sp_ref(args, kw)
+    assert torch.equal(none, _sp_ref(args, kw, None))
+    assert torch.equal(none, _sp_ref(args, kw, dtype))
+
+
+@pytest.mark.parametrize("compute_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_reference_perceiver_compute_dtype_reaches_only_global_cross_attention(compute_dtype):
+    args, kw = perceiver_inputs(l1=5, l2=4)
+    base = _sp_ref(args, kw)
+    low = _sp_ref(args, kw, compute_dtype)
+    assert low.dtype == torch.float32
+    assert torch.equal(low[:, 5:], base[:, 5:])  # the patch latents never see it
+    assert 1e-6 < rel_l2(low[:, :5], base[:, :5]) < TOLERANCE[compute_dtype]
+    (x, pos, l1, l2, ws, nw_, nb_) = args
+    op = ek.spatial_perceiver(x, pos, l1, l2, ws, nw_, nb_, **kw, compute_dtype=compute_dtype,
+                              backend="reference")
+    assert torch.equal(op, low)
+
+
+# ---------------------------------------------------------------------------------------------
 # opcheck and torch.compile for every op
 # ---------------------------------------------------------------------------------------------
 
@@ -118,8 +151,10 @@ def _op_cases():
     yield "perceiver_attention", torch.ops.edgetam.perceiver_attention, (
         lat, x, torch.randn(2, 9, 16), *p[:7], 1, 1e-5, "reference")
     args, pkw = perceiver_inputs()
-    yield "spatial_perceiver", torch.ops.edgetam.spatial_perceiver, (
-        *args, pkw["depth"], 1, pkw["use_self_attn"], 1e-5, "reference")
+    for compute_dtype in (None, torch.bfloat16):
+        yield f"spatial_perceiver compute_dtype={compute_dtype}", \
+            torch.ops.edgetam.spatial_perceiver, \
+            (*args, pkw["depth"], 1, pkw["use_self_attn"], 1e-5, compute_dtype, "reference")
 
 
 @pytest.mark.parametrize("case", list(_op_cases()), ids=lambda c: c[0])

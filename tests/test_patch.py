@@ -14,7 +14,7 @@ from torch import nn
 
 import edgetam_kernels as ek
 from edgetam_kernels.patch import is_patched, patched_modules
-from edgetam_kernels.testing import rel_l2
+from edgetam_kernels.testing import EDGETAM, PERCEIVER_BF16_COMPUTE, TOLERANCE, rel_l2
 
 import _models as M
 
@@ -95,6 +95,28 @@ def test_patch_again_updates_options(kind):
     # the documented bf16 bound (docs/patch.md): measured 3.4e-3 relative L2 on this grid
     assert rel_l2(bf16, fp32) < 1e-2
     assert torch.equal(_run(ek.patch(module, backend="reference"), kwargs), fp32)
+
+
+@pytest.mark.parametrize("kind", ["meta", "hf"])
+def test_perceiver_compute_dtype(kind):
+    """patch()'s compute_dtype reaches the spatial_perceiver op: bf16 for the global latents'
+    cross-attention products only, within the bf16-compute budget of the unpatched module;
+    None (the default) keeps the fp32 patched perceiver, bit for bit."""
+    module, kwargs = _perceiver_call(kind)
+    unpatched = _run(module, kwargs)
+    fp32 = _run(ek.patch(module, backend="reference"), kwargs)
+    assert rel_l2(fp32, unpatched) < TOLERANCE[torch.float32]
+    assert torch.equal(_run(ek.patch(module, backend="reference", compute_dtype=None), kwargs),
+                       fp32)
+    bf16 = _run(ek.patch(module, backend="reference", compute_dtype=torch.bfloat16), kwargs)
+    n_global = EDGETAM["latents"]
+    assert bf16.dtype == torch.float32
+    assert torch.equal(bf16[:, n_global:], fp32[:, n_global:])  # patch latents: not covered
+    assert 1e-5 < rel_l2(bf16, unpatched) < PERCEIVER_BF16_COMPUTE
+    auto = _run(ek.patch(module, backend="auto", compute_dtype=torch.bfloat16), kwargs)
+    assert rel_l2(auto, unpatched) < PERCEIVER_BF16_COMPUTE
+    assert torch.equal(_run(ek.patch(module, backend="reference"), kwargs), fp32)
+    _no_trace_of_patch(ek.unpatch(module))
 
 
 @pytest.mark.parametrize("kind", ["meta", "hf"])

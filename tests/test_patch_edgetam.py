@@ -8,7 +8,7 @@ import torch
 import edgetam
 import edgetam_kernels as ek
 from edgetam_kernels.patch import patched_modules
-from edgetam_kernels.testing import rel_l2
+from edgetam_kernels.testing import PERCEIVER_BF16_COMPUTE, rel_l2
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +45,19 @@ def test_patch_sets_backend_and_unpatch_restores(model, monkeypatch):
         assert patched_modules(model) == []
         assert attn.backend == "auto"
         assert torch.equal(attn(*args, **kw), base)
+
+
+def test_patch_sets_perceiver_compute_dtype(model):
+    """compute_dtype reaches the spatial perceiver: its global latents (the first 256) only."""
+    perceiver = model.spatial_perceiver
+    g = torch.Generator().manual_seed(0)
+    x, pos = (torch.randn(1, 64, 32, 32, generator=g) for _ in range(2))
+    with torch.no_grad():
+        ek.patch(model, backend="reference")
+        fp32 = perceiver(x, pos)[0]
+        ek.patch(model, backend="reference", compute_dtype=torch.bfloat16)
+        low = perceiver(x, pos)[0]
+        ek.unpatch(model)
+        assert perceiver.__dict__.get("compute_dtype") is None
+    assert torch.equal(low[:, 256:], fp32[:, 256:])
+    assert 1e-5 < rel_l2(low, fp32) < PERCEIVER_BF16_COMPUTE

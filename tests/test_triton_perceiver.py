@@ -226,6 +226,14 @@ def test_wrong_window_would_fail():
     assert rel_l2(out, wrong) > 100 * TOLERANCE[torch.float32]
 
 
+def test_compute_dtype_keeps_the_input_dtype():
+    """compute_dtype permits lower precision for the global latents' cross-attention; these
+    kernels take every product's operands in the input dtype whatever it says (docs/triton.md)."""
+    args, kw = perceiver_inputs(b=1, c=16, grid=8, l1=8, l2=4, depth=1)
+    out = ek.spatial_perceiver(*args, **kw, compute_dtype=torch.bfloat16, backend="triton")
+    assert torch.equal(out, sp_run(args, kw))
+
+
 def test_refusals():
     args, kw = perceiver_inputs(c=16, grid=8, l1=8, l2=4, dtype=torch.float64)
     with pytest.raises(ek.BackendUnavailable, match="float64"):
@@ -237,7 +245,7 @@ def test_opcheck_and_compile():
     x, pos, l1, l2, ws, nw, nb = args
     torch.library.opcheck(
         torch.ops.edgetam.spatial_perceiver.default,
-        (x, pos, l1, l2, ws, nw, nb, 1, 1, True, 1e-5, "triton"),
+        (x, pos, l1, l2, ws, nw, nb, 1, 1, True, 1e-5, torch.bfloat16, "triton"),
         test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
     )
     pa = pa_inputs(b=1, l=16, n=24)

@@ -229,7 +229,9 @@ def _feed_forward(kern, lat, rows, c, ln_w, ln_b, w1, w2, eps):
 
 
 def spatial_perceiver(lib, x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth,
-                      heads=1, use_self_attn=True, eps=1e-5):
+                      heads=1, use_self_attn=True, eps=1e-5, compute_dtype=None):
+    # compute_dtype is accepted and not used: the kernels read the input dtype and compute in
+    # fp32 (no rounding to compute_dtype, no faster reduced-precision path here).
     dtype = x.dtype
     kern = Kernels(lib, dtype)
     x = _buf(x, dtype)

@@ -529,8 +529,11 @@ def perceiver_attention(latents, x, pos, ln_latents_w, ln_latents_b, ln_x_w, ln_
 
 
 def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth, heads=1,
-                      use_self_attn=True, eps=1e-5):
-    """Same signature and result as reference.spatial_perceiver."""
+                      use_self_attn=True, eps=1e-5, compute_dtype=None):
+    """Same signature and result as reference.spatial_perceiver. compute_dtype is accepted and
+    not used: every product's operands are in the input dtype (bf16 / fp16 tensor cores for
+    those inputs; fp32 inputs follow the fp32 precision setting, IEEE by default), with fp32
+    accumulation, whatever compute_dtype permits."""
     b, c, h, w = x.shape
     n = h * w
     dtype = x.dtype
