@@ -87,12 +87,7 @@ def attention(q, k, v, scale: Optional[float] = None,
     out_dtype = q.dtype
     if compute_dtype is not None:
         q, k, v = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)
-    # SDPA called with q, k, v alone where no scale is given: tests substitute it with
-    # three-argument emulations.
-    if scale is None:
-        out = F.scaled_dot_product_attention(q, k, v)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     return out.to(out_dtype)
 
 
