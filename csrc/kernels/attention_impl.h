@@ -32,13 +32,6 @@ constexpr int64_t kKeyTile = 96;  // keys per tile: a multiple of every MR, even
 // sets only, so the P^T strip and the Q^T panel keep evicting themselves (padding: 1.01-1.07x
 // at 4096 x 4096 x 256, 2 threads).
 constexpr int64_t kRowPad = 16;
-// After the first tile, probabilities are computed against the running max as it stands, in one
-// pass that also tracks the column max; only when some probability of a column group exceeds
-// 2^kLazyTrig is that group recomputed with the max raised (to its maximum minus kLazyMax). So
-// a new column maximum moves the max only if it beats the old one by 2^(kLazyTrig - kLazyMax):
-// the max rarely moves, O^T is rarely rescaled, and the scores are read once. Sums stay below
-// Nk * 2^kLazyTrig.
-constexpr float kLazyTrig = 16.0f;
 
 struct AttnPlan {
   int64_t Mb;      // queries per block

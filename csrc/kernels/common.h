@@ -20,6 +20,13 @@ inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 // the same (the max only keeps exp from overflowing; probabilities stay <= 2^kLazyMax), and the
 // max soon stops moving, so the running output is rarely rescaled.
 constexpr float kLazyMax = 8.0f;
+// Both attentions: after the first tile, probabilities are computed against the running max
+// as it stands, in one pass that also tracks the column max; only when some probability of a
+// column group exceeds 2^kLazyTrig is that group recomputed with the max raised (to its maximum
+// minus kLazyMax). So a new column maximum moves the max only if it beats the old one by
+// 2^(kLazyTrig - kLazyMax): the max rarely moves, O^T is rarely rescaled, and the scores are
+// read once. Sums stay below Nk * 2^kLazyTrig.
+constexpr float kLazyTrig = 16.0f;
 
 // Per-thread scratch blocks, kept between calls: a fresh malloc of a few MB is an mmap whose
 // pages fault in on first touch, every call. Slots let nested users on one thread coexist.

@@ -61,35 +61,68 @@ void block_attention(const HeadAttn& a, int64_t q0, int64_t nq, BlockScratch& t)
   for (int64_t k0 = 0; k0 < a.nk; k0 += kPerceiverKeys) {
     const int64_t nk = min64(kPerceiverKeys, a.nk - k0);
     gemm<false>(nk, ldb, a.dk, a.kt + k0, 1, a.ldk, a.qt + q0, a.ldq, t.s, ldb, false, nullptr);
-    // Online softmax down the columns, the running max raised lazily (kLazyMax).
+    // Online softmax down the columns. After the first tile, one pass against the running max
+    // as it stands, tracking the largest exponent; only a column group where a probability
+    // would exceed 2^kLazyTrig gets its scores back (the same product for its W queries) and
+    // the max raised to its maximum minus kLazyMax. So the max, and O^T, rarely move.
     bool rescale = false;
     for (int64_t i0 = 0; i0 < ldb; i0 += W) {
       const vf mo = V::load(t.m + i0);
-      const vf mx = col_max(t.s + i0, ldb, nk);
-      const vf mn = V::max(mo, V::sub(mx, V::set1(kLazyMax)));
-      vf sum = V::zero(), sum1 = V::zero();  // two chains: the add latency stays hidden
-      int64_t j = 0;
-      for (; j + 2 <= nk; j += 2) {
-        float* sp = t.s + j * ldb + i0;
-        const vf p0 = V::exp2(V::sub(V::load(sp), mn));
-        const vf p1 = V::exp2(V::sub(V::load(sp + ldb), mn));
-        V::store(sp, p0);
-        V::store(sp + ldb, p1);
-        sum = V::add(sum, p0);
-        sum1 = V::add(sum1, p1);
+      vf mn = mo, sum = V::zero(), sum1 = V::zero();  // two chains: the add latency stays hidden
+      bool redo = k0 == 0;
+      if (!redo) {
+        vf xm0 = V::set1(-__builtin_inff()), xm1 = xm0;
+        int64_t j = 0;
+        for (; j + 2 <= nk; j += 2) {
+          float* sp = t.s + j * ldb + i0;
+          const vf x0 = V::sub(V::load(sp), mo), x1 = V::sub(V::load(sp + ldb), mo);
+          xm0 = V::max(xm0, x0);
+          xm1 = V::max(xm1, x1);
+          const vf p0 = V::exp2(x0), p1 = V::exp2(x1);
+          V::store(sp, p0);
+          V::store(sp + ldb, p1);
+          sum = V::add(sum, p0);
+          sum1 = V::add(sum1, p1);
+        }
+        if (j < nk) {
+          float* sp = t.s + j * ldb + i0;
+          const vf x0 = V::sub(V::load(sp), mo);
+          xm0 = V::max(xm0, x0);
+          const vf p0 = V::exp2(x0);
+          V::store(sp, p0);
+          sum = V::add(sum, p0);
+        }
+        redo = !(V::hmax(V::max(xm0, xm1)) <= kLazyTrig);  // NaN: redo (harmless)
+        if (redo)  // the group's scores again (overwritten by probabilities)
+          gemm<false>(nk, W, a.dk, a.kt + k0, 1, a.ldk, a.qt + q0 + i0, a.ldq, t.s + i0, ldb,
+                      false, nullptr);
       }
-      if (j < nk) {
-        float* sp = t.s + j * ldb + i0;
-        const vf p0 = V::exp2(V::sub(V::load(sp), mn));
-        V::store(sp, p0);
-        sum = V::add(sum, p0);
+      if (redo) {  // first tile, or the max must move
+        mn = V::max(mo, V::sub(col_max(t.s + i0, ldb, nk), V::set1(kLazyMax)));
+        sum = sum1 = V::zero();
+        int64_t j = 0;
+        for (; j + 2 <= nk; j += 2) {
+          float* sp = t.s + j * ldb + i0;
+          const vf p0 = V::exp2(V::sub(V::load(sp), mn));
+          const vf p1 = V::exp2(V::sub(V::load(sp + ldb), mn));
+          V::store(sp, p0);
+          V::store(sp + ldb, p1);
+          sum = V::add(sum, p0);
+          sum1 = V::add(sum1, p1);
+        }
+        if (j < nk) {
+          float* sp = t.s + j * ldb + i0;
+          const vf p0 = V::exp2(V::sub(V::load(sp), mn));
+          V::store(sp, p0);
+          sum = V::add(sum, p0);
+        }
+        rescale = rescale || !(V::hmax(V::sub(mn, mo)) == 0.0f);
       }
       sum = V::add(sum, sum1);
       const vf alpha = V::exp2(V::sub(mo, mn));
       V::store(t.l + i0, V::fma(V::load(t.l + i0), alpha, sum));
       V::store(t.m + i0, mn);
       V::store(t.alpha + i0, alpha);
-      rescale = rescale || !(V::hmax(V::sub(mn, mo)) == 0.0f);
     }
     if (k0 > 0 && rescale) {  // rescale the running output's columns (queries)
       for (int64_t d = 0; d < a.dv; ++d) {
