@@ -204,68 +204,103 @@ struct WindowScratch {
   static int64_t bytes(int64_t dh, int64_t Wimg, int64_t ws) {
     const int64_t Wp = round_up(Wimg, V::W);
     return arena_bytes<float>(dh * Wp + V::W) + arena_bytes<float>(ws * Wp) +
-           3 * arena_bytes<float>(Wp);
+           3 * arena_bytes<float>(Wp + ws);
   }
   WindowScratch(Arena& ar, int64_t dh, int64_t Wimg, int64_t ws) {
     const int64_t Wp = round_up(Wimg, V::W);
     q = ar.take<float>(dh * Wp + V::W);  // the expansion's last vector store may run over
     s = ar.take<float>(ws * Wp);
-    m = ar.take<float>(Wp);
-    l = ar.take<float>(Wp);
-    acc = ar.take<float>(Wp);
+    m = ar.take<float>(Wp + ws);  // m, l, acc: window_sums reads up to ws - 1 past Wp
+    l = ar.take<float>(Wp + ws);
+    acc = ar.take<float>(Wp + ws);
   }
 };
 
+// r[x] = sum of v[x + i], i < ws, for x < Wp (a window's sum at its first lane x = g * ws;
+// other lanes are never read): ws shifted vector loads instead of a scalar loop per window.
+inline void window_sums(const float* v, int64_t Wp, int64_t ws, float* r) {
+  for (int64_t x = 0; x < Wp; x += V::W) {
+    vf acc = V::load(v + x);
+    for (int64_t i = 1; i < ws; ++i) acc = V::add(acc, V::load(v + x + i));
+    V::store(r + x, acc);
+  }
+}
+
 void window_attention(const WindowAttn& a, int64_t jy, WindowScratch& t) {
   constexpr int64_t W = V::W;
-  const int64_t Wimg = a.Wimg, ws = a.ws, Wp = round_up(Wimg, W);
-  const int64_t lat0 = jy * a.nw;            // first latent of the window row
+  const int64_t Wimg = a.Wimg, ws = a.ws, nw = a.nw, Wp = round_up(Wimg, W);
+  const int64_t lat0 = jy * nw;  // first latent of the window row
   // q expanded along the image row by whole-vector stores: each runs up to W - 1 lanes past
   // its window, which the next window's store (or the next row's) overwrites.
   for (int64_t d = 0; d < a.dh; ++d) {
     const float* src = a.qt + d * a.ldq + lat0;
     float* dst = t.q + d * Wp;
-    for (int64_t g = 0; g < a.nw; ++g) {
+    for (int64_t g = 0; g < nw; ++g) {
       const vf qv = V::set1(src[g]);
       for (int64_t x = g * ws; x < (g + 1) * ws; x += W) V::store(dst + x, qv);
     }
     for (int64_t x = Wimg; x < Wp; ++x) dst[x] = 0.0f;
   }
-  for (int64_t dy = 0; dy < ws; ++dy) {
-    float* s = t.s + dy * Wp;
-    const float* kr = a.kt + dy * Wimg;
-    for (int64_t x = 0; x < Wp; x += W) {
-      vf acc = V::zero();
-      for (int64_t d = 0; d < a.dh; ++d)
-        acc = V::fma(V::load(t.q + d * Wp + x), V::load(kr + d * a.ldk + x), acc);
-      V::store(s + x, acc);
-    }
-  }
-  // Max per latent (NaN wins, as in the reference), spread back over its lanes.
-  for (int64_t g = 0; g < a.nw; ++g) {
-    float mx = -__builtin_inff();
-    for (int64_t dy = 0; dy < ws; ++dy)
-      for (int64_t x = g * ws; x < (g + 1) * ws; ++x) {
-        const float v = t.s[dy * Wp + x];
-        mx = (v > mx || v != v) ? v : mx;
+  // Scores, four image rows of the window row at a time (one q load per four FMAs), and their
+  // max down the rows (NaN wins, as in the reference) into m.
+  for (int64_t x = 0; x < Wp; x += W) {
+    vf mx = V::set1(-__builtin_inff());
+    int64_t dy = 0;
+    for (; dy + 4 <= ws; dy += 4) {
+      const float* kr = a.kt + dy * Wimg + x;
+      vf s0 = V::zero(), s1 = s0, s2 = s0, s3 = s0;
+      for (int64_t d = 0; d < a.dh; ++d) {
+        const vf qv = V::load(t.q + d * Wp + x);
+        const float* k = kr + d * a.ldk;
+        s0 = V::fma(qv, V::load(k), s0);
+        s1 = V::fma(qv, V::load(k + Wimg), s1);
+        s2 = V::fma(qv, V::load(k + 2 * Wimg), s2);
+        s3 = V::fma(qv, V::load(k + 3 * Wimg), s3);
       }
-    for (int64_t x = g * ws; x < (g + 1) * ws; ++x) t.m[x] = mx;
+      float* s = t.s + dy * Wp + x;
+      V::store(s, s0);
+      V::store(s + Wp, s1);
+      V::store(s + 2 * Wp, s2);
+      V::store(s + 3 * Wp, s3);
+      mx = V::max(V::max(V::max(mx, s0), s1), V::max(s2, s3));
+    }
+    for (; dy < ws; ++dy) {
+      const float* kr = a.kt + dy * Wimg + x;
+      vf s0 = V::zero();
+      for (int64_t d = 0; d < a.dh; ++d)
+        s0 = V::fma(V::load(t.q + d * Wp + x), V::load(kr + d * a.ldk), s0);
+      V::store(t.s + dy * Wp + x, s0);
+      mx = V::max(mx, s0);
+    }
+    V::store(t.m + x, mx);
+  }
+  // Max per latent over its ws lanes, spread back over them (stores as for q).
+  for (int64_t g = 0; g < nw; ++g) {
+    float mx = -__builtin_inff();
+    for (int64_t x = g * ws; x < (g + 1) * ws; ++x) {
+      const float v = t.m[x];
+      mx = (v > mx || v != v) ? v : mx;
+    }
+    t.acc[g] = mx;
+  }
+  for (int64_t g = 0; g < nw; ++g) {
+    const vf mv = V::set1(t.acc[g]);
+    for (int64_t x = g * ws; x < (g + 1) * ws; x += W) V::store(t.m + x, mv);
   }
   for (int64_t x = Wimg; x < Wp; ++x) t.m[x] = 0.0f;
-  for (int64_t x = 0; x < Wp; x += W) V::store(t.l + x, V::zero());
-  for (int64_t dy = 0; dy < ws; ++dy) {
-    float* s = t.s + dy * Wp;
-    for (int64_t x = 0; x < Wp; x += W) {
-      const vf p = V::exp2(V::sub(V::load(s + x), V::load(t.m + x)));
-      V::store(s + x, p);
-      V::store(t.l + x, V::add(V::load(t.l + x), p));
+  for (int64_t x = 0; x < Wp; x += W) {
+    const vf mv = V::load(t.m + x);
+    vf l = V::zero();
+    for (int64_t dy = 0; dy < ws; ++dy) {
+      float* s = t.s + dy * Wp + x;
+      const vf p = V::exp2(V::sub(V::load(s), mv));
+      V::store(s, p);
+      l = V::add(l, p);
     }
+    V::store(t.l + x, l);
   }
-  for (int64_t g = 0; g < a.nw; ++g) {
-    float sum = 0.0f;
-    for (int64_t x = g * ws; x < (g + 1) * ws; ++x) sum += t.l[x];
-    t.m[g] = 1.0f / sum;  // t.m is free again: 1 / row sum per latent
-  }
+  window_sums(t.l, Wp, ws, t.m);  // t.m is free again: row sums at each window's first lane
+  for (int64_t g = 0; g < nw; ++g) t.l[g] = 1.0f / t.m[g * ws];
   for (int64_t d = 0; d < a.dh; ++d) {
     const float* vr = a.vt + d * a.ldk;
     for (int64_t x = 0; x < Wp; x += W) {
@@ -274,12 +309,9 @@ void window_attention(const WindowAttn& a, int64_t jy, WindowScratch& t) {
         acc = V::fma(V::load(t.s + dy * Wp + x), V::load(vr + dy * Wimg + x), acc);
       V::store(t.acc + x, acc);
     }
+    window_sums(t.acc, Wp, ws, t.m);
     float* dst = a.ot + d * a.ldo + lat0;
-    for (int64_t g = 0; g < a.nw; ++g) {
-      float sum = 0.0f;
-      for (int64_t x = g * ws; x < (g + 1) * ws; ++x) sum += t.acc[x];
-      dst[g] = sum * t.m[g];
-    }
+    for (int64_t g = 0; g < nw; ++g) dst[g] = t.m[g * ws] * t.l[g];
   }
 }
 
