@@ -4,7 +4,7 @@
 // layout x arrives in, and both latent groups as one (C, L1 + L2) block, global latents first.
 // Per batch element and layer:
 //   latents: Q^T = Wq LN(lat)^T for both groups at once (same weights);
-//   tokens, one chunk per work item (a window row when there are patch latents), all in cache:
+//   tokens, one chunk per work item (whole window rows when there are patch latents), in cache:
 //     LN_x, [K^T; V^T] = Wkv LN_x^T, the window attention of the chunk's patch latents, + pos,
 //     then the global latents' attention over the chunk's keys as a partial result (running
 //     max, sum, unnormalized output), so keys and values are never written to memory;
@@ -25,10 +25,13 @@ namespace EDGETAM_ISA {
 namespace {
 
 constexpr int64_t kTokenChunk = 256;  // tokens per work item without patch latents
+// With patch latents a work item is whole window rows, about this many tokens: fewer global
+// partial results to write and merge (the merge reads each once).
+constexpr int64_t kWindowChunk = 512;
 
 struct Plan {
   int64_t N, L1, L2, L, ld;  // tokens, latents (global, patch, both), latent leading dim
-  int64_t nw, ws;            // window grid and window size (patch latents)
+  int64_t nw, ws, rows;      // window grid, window size, window rows per chunk (patch latents)
   int64_t chunk, nchunks, lc;  // tokens per work item, items, its leading dim
   int64_t inner_x;           // widest cross-attention inner dim (partials' row stride)
 };
@@ -79,11 +82,14 @@ void token_chunk(const PerceiverArgs& a, const Plan& pl, const LatentBufs& b, co
     for (int64_t n = lenw; n < lc; ++n) kv[r * lc + n] = 0.0f;
   if (pl.L2) {
     WindowScratch ws(ar, dh, a.W, pl.ws);
-    for (int64_t h = 0; h < heads; ++h) {
-      WindowAttn wa{b.q + h * dh * ld + pl.L1, kv + h * dh * lc, kv + (inner + h * dh) * lc,
-                    b.o + h * dh * ld + pl.L1, ld, lc, ld, dh, a.W, pl.nw, pl.ws};
-      window_attention(wa, ci, ws);
-    }
+    const int64_t row = pl.ws * a.W;  // tokens per window row
+    for (int64_t r = 0; r < len / row; ++r)
+      for (int64_t h = 0; h < heads; ++h) {
+        float* k = kv + h * dh * lc + r * row;
+        WindowAttn wa{b.q + h * dh * ld + pl.L1, k, k + inner * lc, b.o + h * dh * ld + pl.L1,
+                      ld, lc, ld, dh, a.W, pl.nw, pl.ws};
+        window_attention(wa, ci * pl.rows + r, ws);
+      }
   }
   if (!pl.L1) return;
   if (pos) {  // global latents see keys and values with pos
@@ -281,7 +287,8 @@ void spatial_perceiver(const PerceiverArgs& a, const Parallel& par) {
   pl.L = pl.L1 + pl.L2;
   pl.nw = pl.L2 ? int64_t(std::sqrt(double(pl.L2)) + 0.5) : 1;
   pl.ws = a.H / pl.nw;
-  pl.chunk = pl.L2 ? pl.ws * a.W : min64(kTokenChunk, pl.N);
+  pl.rows = pl.L2 ? min64(pl.nw, max64(1, kWindowChunk / (pl.ws * a.W))) : 0;
+  pl.chunk = pl.L2 ? pl.rows * pl.ws * a.W : min64(kTokenChunk, pl.N);
   pl.nchunks = ceil_div(pl.N, pl.chunk);
   pl.lc = ld_cols(pl.chunk);
   int64_t inner = C;  // rows of the shared latent blocks
