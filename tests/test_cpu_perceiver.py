@@ -49,6 +49,9 @@ CASES = {
     # 2 x 10 token window rows (not a multiple of any vector width); 21 global latents, so a
     # vector of global columns reaches into the patch columns
     "windows_2x2_on_10x10": dict(c=24, h=10, l1=21, l2=25, inner=24, hidden=40, heads=2),
+    # a 13 x 13 window grid on 52 x 52: 7 token work items of two window rows each (as at
+    # EdgeTAM's shape), the last one a single row
+    "window_row_chunks_13x13": dict(c=16, h=52, l1=20, l2=169, inner=16, hidden=24),
 }
 
 

@@ -9,6 +9,7 @@ math SDPA it forces on CPU), and the spatial perceiver against Meta's PerceiverR
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import time
 
@@ -83,13 +84,16 @@ def attention_report(reps: int) -> list:
     return head + rows
 
 
-def fp32_ceiling(reps: int) -> float:
-    """GFLOP/s of torch.mm fp32 4096^3 (the ceiling the attention section also measures)."""
+def matmul_ceilings(reps: int) -> tuple:
+    """GFLOP/s of torch.mm 4096^3 in fp32 and bf16 (the ceilings the attention section also
+    measures)."""
     a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
-    return 2 * 4096**3 / _race({"mm": lambda: a @ b}, reps)["mm"] / 1e9
+    ab, bb = a.bfloat16(), b.bfloat16()
+    t = _race({"fp32": lambda: a @ b, "bf16": lambda: ab @ bb}, reps)
+    return 2 * 4096**3 / t["fp32"] / 1e9, 2 * 4096**3 / t["bf16"] / 1e9
 
 
-def perceiver_report(reps: int, ceiling: float = 0.0) -> list:
+def perceiver_report(reps: int, ceilings: tuple = ()) -> list:
     try:
         from sam2.modeling.perceiver import PerceiverResampler
         from sam2.modeling.position_encoding import PositionEmbeddingSine
@@ -107,20 +111,33 @@ def perceiver_report(reps: int, ceiling: float = 0.0) -> list:
     x, pos = torch.randn(1, 64, 64, 64), torch.randn(1, 64, 64, 64)
     w = perceiver_weights(m)
     args = (x, pos, m.latents, m.latents_2d, w, m.norm.weight, m.norm.bias)
+    patched = ek.patch(copy.deepcopy(m), backend="cpu")
+    patched_bf16 = ek.patch(copy.deepcopy(m), backend="cpu", compute_dtype=torch.bfloat16)
     with torch.no_grad():
         t = _race({
             "Meta PerceiverResampler (eval)": lambda: m(x, pos),
             "reference (PyTorch)": lambda: ek.spatial_perceiver(*args, depth=2, backend="reference"),
             "ours (C++)": lambda: ek.spatial_perceiver(*args, depth=2, backend="cpu"),
+            "ours (C++), bf16 compute": lambda: ek.spatial_perceiver(
+                *args, depth=2, compute_dtype=torch.bfloat16, backend="cpu"),
+            "ours: Meta's module patched": lambda: patched(x, pos),
+            "ours: Meta's module patched, bf16 compute": lambda: patched_bf16(x, pos),
         }, reps)
     flop = perceiver_flops(4096, 64, 256, 256, 16)  # every product, both layers (0.89 GFLOP)
-    rows = ["| spatial perceiver, batch 1, 64x64x64 memory | ms | Meta / this |", "|---|---|---|"]
+    meta = t["Meta PerceiverResampler (eval)"]
+    rows = ["| spatial perceiver, batch 1, 64x64x64 memory | ms | GFLOP/s | of ceiling "
+            "| Meta / this |", "|---|---|---|---|---|"]
     for name, s in t.items():
-        rows.append(f"| {name} | {s * 1e3:.1f} | {t['Meta PerceiverResampler (eval)'] / s:.2f}x |")
-    gf = flop / t['ours (C++)'] / 1e9
-    rows.append(f"\nabout {flop / 1e9:.2f} GFLOP per call: ours {gf:.0f} GFLOP/s"
-                + (f", {gf / ceiling:.0%} of the fp32 matmul ceiling ({ceiling:.0f} GFLOP/s, "
-                   "torch.mm 4096^3, same run)" if ceiling else ""))
+        gf = flop / s / 1e9
+        of = ""
+        if ceilings and name.startswith("ours"):
+            # bf16 compute: 61 % of the products on bf16 tiles, the rest fp32; both ceilings
+            of = f"{gf / ceilings[0]:.0%} fp32" + (f", {gf / ceilings[1]:.0%} bf16"
+                                                   if "bf16" in name else "")
+        rows.append(f"| {name} | {s * 1e3:.2f} | {gf:.0f} | {of} | {meta / s:.2f}x |")
+    rows.append(f"\nabout {flop / 1e9:.2f} GFLOP per call"
+                + (f"; matmul ceilings in this run (torch.mm 4096^3): fp32 {ceilings[0]:.0f}, "
+                   f"bf16 {ceilings[1]:.0f} GFLOP/s" if ceilings else ""))
     return rows
 
 
@@ -139,7 +156,7 @@ def main(argv=None):
         print("\n".join(attention_report(a.reps)))
         print()
     if a.only != "attention":
-        print("\n".join(perceiver_report(a.reps * 3, fp32_ceiling(a.reps))))
+        print("\n".join(perceiver_report(a.reps * 3, matmul_ceilings(a.reps))))
 
 
 if __name__ == "__main__":
