@@ -113,13 +113,19 @@ def _perceiver_resampler(module, state, original):
         )
         if positional_encoding is None:
             return latents, None
-        out_pos = []
-        if lat1 is not None:
-            out_pos.append(torch.zeros_like(latents[:, : lat1.shape[0]]))
-        if lat2 is not None:
-            pe = self.positional_encoding((b, c, nw, nw), latents.device, latents.dtype)
-            out_pos.append(pe.to(dtype=hidden_states.dtype).permute(0, 2, 3, 1).flatten(1, 2))
-        return latents, torch.cat(out_pos, dim=1)
+        n1 = lat1.shape[0] if lat1 is not None else 0
+
+        def latent_pos():  # zeros for the global latents, the window grid's sine encoding
+            out_pos = [torch.zeros_like(latents[:, :n1])]
+            if lat2 is not None:
+                pe = self.positional_encoding((b, c, nw, nw), latents.device, latents.dtype)
+                out_pos.append(pe.to(dtype=hidden_states.dtype).permute(0, 2, 3, 1).flatten(1, 2))
+            return torch.cat(out_pos, dim=1)
+
+        # The same for every call of a shape; a copy, as the original returns a fresh tensor.
+        key = (b, c, n1, nw if lat2 is not None else 0, latents.dtype, hidden_states.dtype,
+               latents.device, id(self.positional_encoding))
+        return latents, cached(state, "latent_pos", (), latent_pos, key).clone()
 
     return forward
 

@@ -260,3 +260,20 @@ def test_perceiver_with_mixed_layer_norm_eps_runs_the_original(kind):
     scaled = _run(module, kwargs)
     assert rel_l2(scaled, _run(ek.unpatch(copy.deepcopy(module)), kwargs)) < 1e-5
     assert rel_l2(scaled, patched) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["meta", "hf"])
+def test_perceiver_position_output_matches_and_is_a_fresh_tensor(kind):
+    """The latents' positional output (zeros, then the window grid's sine encoding) is kept per
+    shape in the patch state: equal to the original's for every batch size, and a caller that
+    edits one in place does not change the next."""
+    module, _ = _perceiver_call(kind)
+    patched = ek.patch(copy.deepcopy(module), backend="cpu")
+    with torch.no_grad():
+        for batch in (1, 2, 1):  # upstream needs batch 1 (see M.perceiver_per_sample)
+            x, pos = M.perceiver_inputs(GRID, batch, seed=batch)
+            want = M.perceiver_per_sample(module, x, pos)[1]
+            got = patched(x, pos)[1]
+            assert torch.equal(got, want), batch
+            got.add_(1.0)
+            assert torch.equal(patched(x, pos)[1], want), batch
