@@ -67,7 +67,7 @@ def test_amx_matches_bf16_emulation(case):
     assert torch.isfinite(out).all()
     err = rel_l2(out[:, :l1], ref[:, :l1])
     emu = rel_l2(_global_emulation(args, kw), ref[:, :l1])
-    # measured (kernel / emulation): 3.3e-4 / 3.3e-4 .. 2.2e-3 / 2.2e-3 over these cases
+    # measured (kernel / emulation): 4.6e-4 / 4.6e-4 (EdgeTAM) .. 2.2e-3 / 2.2e-3 over these cases
     assert 1e-5 < emu < 5e-3, f"{case}: the emulation's own error {emu:.2e} is off"
     assert err <= 1.25 * emu + 1e-5, f"{case}: bf16 kernel error {err:.2e}, emulation {emu:.2e}"
     # the patch latents never touch bf16: fp32 accuracy
