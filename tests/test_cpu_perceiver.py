@@ -106,7 +106,7 @@ def test_nan_input_no_crash():
 
 # The shapes PERCEIVER_BF16_COMPUTE was measured at (edgetam_kernels/testing.py).
 COMPUTE_SHAPES = {
-    "edgetam": dict(),
+    "edgetam_shape": dict(),
     "grid32_64+64_batch2": dict(b=2, h=32, l1=64, l2=64),
     "grid32_64+64_heads2": dict(h=32, l1=64, l2=64, heads=2),
 }
@@ -140,7 +140,7 @@ def test_compute_dtype(isa, shape, compute_dtype):
 def test_bf16_compute_budget_separates_right_from_wrong(monkeypatch):
     """At EdgeTAM's shape the reference with bf16 compute sits well inside the budget, and
     plausible wrong bf16 kernels land outside it (numbers: edgetam_kernels/testing.py)."""
-    args, kw, ref = compute_case("edgetam")
+    args, kw, ref = compute_case("edgetam_shape")
     run = lambda a: reference.spatial_perceiver(*a, kw["depth"], kw["heads"],  # noqa: E731
                                                 kw["use_self_attn"], 1e-5, torch.bfloat16)
     assert rel_l2(run(args), ref) < PERCEIVER_BF16_COMPUTE / 5
