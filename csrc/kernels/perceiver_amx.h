@@ -92,40 +92,62 @@ void amx_pack(const HeadAttn& a, int64_t nq, AmxPerceiverScratch& t) {
                     d < dv ? load_upto(a.vt + d * a.ldv, k, nk) : _mm512_setzero_ps());
 }
 
+// One column group's probabilities against the max mx: exp2(st - mx) down the columns as VNNI
+// pairs of P^T (zero past nk, up to nkp); returns their sum, and in *xmax the largest st - mx.
+inline vf amx_probs(const float* sp, uint32_t* pp, int64_t nk, int64_t nkp, vf mx, vf* xmax) {
+  constexpr int64_t Q = kAmxPQueries;
+  vf sum = V::zero(), sum1 = V::zero(), xm0 = V::set1(-__builtin_inff()), xm1 = xm0;
+  int64_t j = 0;
+  for (; j + 2 <= nk; j += 2) {
+    const vf x0 = V::sub(V::load(sp + j * Q), mx), x1 = V::sub(V::load(sp + (j + 1) * Q), mx);
+    xm0 = V::max(xm0, x0);
+    xm1 = V::max(xm1, x1);
+    const vf p0 = V::exp2(x0), p1 = V::exp2(x1);
+    V::store_pairs(pp + (j / 2) * Q, p0, p1);
+    sum = V::add(sum, p0);
+    sum1 = V::add(sum1, p1);
+  }
+  if (j < nk) {
+    const vf x0 = V::sub(V::load(sp + j * Q), mx);
+    xm0 = V::max(xm0, x0);
+    const vf p0 = V::exp2(x0);
+    V::store_pairs(pp + (j / 2) * Q, p0, V::zero());
+    sum = V::add(sum, p0);
+    j += 2;
+  }
+  for (; j < nkp; j += 2) V::store_pairs(pp + (j / 2) * Q, V::zero(), V::zero());
+  *xmax = V::max(xm0, xm1);
+  return V::add(sum, sum1);
+}
+
 // Keys [k0, k0 + nk) for the query block's columns: softmax down the columns of st (as
-// block_attention: base-2 logits, the running max raised lazily), P^T written as VNNI pairs
-// (zero past nk), alpha the factor for the running output. Returns whether any max moved.
-bool amx_softmax(AmxPerceiverScratch& t, int64_t nk) {
+// block_attention: base-2 logits; after the first tile one pass against the running max, which
+// moves only when a probability would exceed 2^kLazyTrig, and then to the column max minus
+// kLazyMax; st is still there to redo the pass), P^T written as VNNI pairs, alpha the factor for
+// the running output. Returns whether any max moved.
+bool amx_softmax(AmxPerceiverScratch& t, int64_t nk, bool first) {
   constexpr int64_t Q = kAmxPQueries;
   const int64_t nkp = round_up(nk, 32);
   bool moved = false;
   for (int64_t i0 = 0; i0 < Q; i0 += 16) {
-    const vf mo = V::load(t.m + i0);
-    const vf mn = V::max(mo, V::sub(col_max(t.st + i0, Q, nk), V::set1(kLazyMax)));
-    vf sum = V::zero(), sum1 = V::zero();
     const float* sp = t.st + i0;
     uint32_t* pp = t.pv + i0;
-    int64_t j = 0;
-    for (; j + 2 <= nk; j += 2) {
-      const vf p0 = V::exp2(V::sub(V::load(sp + j * Q), mn));
-      const vf p1 = V::exp2(V::sub(V::load(sp + (j + 1) * Q), mn));
-      V::store_pairs(pp + (j / 2) * Q, p0, p1);
-      sum = V::add(sum, p0);
-      sum1 = V::add(sum1, p1);
+    const vf mo = V::load(t.m + i0);
+    vf mn = mo, xmax, sum;
+    bool redo = first;
+    if (!first) {
+      sum = amx_probs(sp, pp, nk, nkp, mo, &xmax);
+      redo = !(V::hmax(xmax) <= kLazyTrig);  // NaN: redo (harmless)
     }
-    if (j < nk) {
-      const vf p0 = V::exp2(V::sub(V::load(sp + j * Q), mn));
-      V::store_pairs(pp + (j / 2) * Q, p0, V::zero());
-      sum = V::add(sum, p0);
-      j += 2;
+    if (redo) {
+      mn = V::max(mo, V::sub(col_max(sp, Q, nk), V::set1(kLazyMax)));
+      sum = amx_probs(sp, pp, nk, nkp, mn, &xmax);
+      moved = moved || !(V::hmax(V::sub(mn, mo)) == 0.0f);
     }
-    for (; j < nkp; j += 2) V::store_pairs(pp + (j / 2) * Q, V::zero(), V::zero());
-    sum = V::add(sum, sum1);
     const vf alpha = V::exp2(V::sub(mo, mn));
     V::store(t.l + i0, V::fma(V::load(t.l + i0), alpha, sum));
     V::store(t.m + i0, mn);
     V::store(t.alpha + i0, alpha);
-    moved = moved || !(V::hmax(V::sub(mn, mo)) == 0.0f);
   }
   return moved;
 }
@@ -156,7 +178,7 @@ void amx_global_attention(const HeadAttn& a, int64_t nq) {
         for (int64_t j0 = 0; j0 < Q; j0 += 32)
           amx_block(t.dkp, t.ka + (k0 + i0) * t.dkp, t.dkp, t.qv + q0 + j0, t.nqp,
                     t.st + i0 * Q + j0, Q, false);
-      if (amx_softmax(t, nk) && k0 > 0)
+      if (amx_softmax(t, nk, k0 == 0) && k0 > 0)
         for (int64_t d = 0; d < a.dv; ++d)
           for (int64_t i0 = 0; i0 < Q; i0 += 16)
             V::store(t.ot + d * Q + i0, V::mul(V::load(t.ot + d * Q + i0), V::load(t.alpha + i0)));
