@@ -44,6 +44,34 @@ struct BlockScratch {
   }
 };
 
+// One column group's probabilities in place: s <- exp2(s - mx) down n rows of stride ld;
+// returns their sum (two chains: the add latency stays hidden), in *xmax the largest s - mx.
+inline vf probs_in_place(float* s, int64_t ld, int64_t n, vf mx, vf* xmax) {
+  vf sum = V::zero(), sum1 = V::zero(), xm0 = V::set1(-__builtin_inff()), xm1 = xm0;
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) {
+    float* sp = s + j * ld;
+    const vf x0 = V::sub(V::load(sp), mx), x1 = V::sub(V::load(sp + ld), mx);
+    xm0 = V::max(xm0, x0);
+    xm1 = V::max(xm1, x1);
+    const vf p0 = V::exp2(x0), p1 = V::exp2(x1);
+    V::store(sp, p0);
+    V::store(sp + ld, p1);
+    sum = V::add(sum, p0);
+    sum1 = V::add(sum1, p1);
+  }
+  if (j < n) {
+    float* sp = s + j * ld;
+    const vf x0 = V::sub(V::load(sp), mx);
+    xm0 = V::max(xm0, x0);
+    const vf p0 = V::exp2(x0);
+    V::store(sp, p0);
+    sum = V::add(sum, p0);
+  }
+  *xmax = V::max(xm0, xm1);
+  return V::add(sum, sum1);
+}
+
 // Queries [q0, q0 + nq), nq <= kPerceiverQueries, of one head. Reads query columns up to
 // q0 + round_up(nq, V::W) (lanes past nq: any finite values, never used). A full result is
 // normalized and written to exactly columns [q0, q0 + nq) of ot; a partial one accumulates in
@@ -68,57 +96,20 @@ void block_attention(const HeadAttn& a, int64_t q0, int64_t nq, BlockScratch& t)
     bool rescale = false;
     for (int64_t i0 = 0; i0 < ldb; i0 += W) {
       const vf mo = V::load(t.m + i0);
-      vf mn = mo, sum = V::zero(), sum1 = V::zero();  // two chains: the add latency stays hidden
+      vf mn = mo, sum, xmax;
       bool redo = k0 == 0;
       if (!redo) {
-        vf xm0 = V::set1(-__builtin_inff()), xm1 = xm0;
-        int64_t j = 0;
-        for (; j + 2 <= nk; j += 2) {
-          float* sp = t.s + j * ldb + i0;
-          const vf x0 = V::sub(V::load(sp), mo), x1 = V::sub(V::load(sp + ldb), mo);
-          xm0 = V::max(xm0, x0);
-          xm1 = V::max(xm1, x1);
-          const vf p0 = V::exp2(x0), p1 = V::exp2(x1);
-          V::store(sp, p0);
-          V::store(sp + ldb, p1);
-          sum = V::add(sum, p0);
-          sum1 = V::add(sum1, p1);
-        }
-        if (j < nk) {
-          float* sp = t.s + j * ldb + i0;
-          const vf x0 = V::sub(V::load(sp), mo);
-          xm0 = V::max(xm0, x0);
-          const vf p0 = V::exp2(x0);
-          V::store(sp, p0);
-          sum = V::add(sum, p0);
-        }
-        redo = !(V::hmax(V::max(xm0, xm1)) <= kLazyTrig);  // NaN: redo (harmless)
+        sum = probs_in_place(t.s + i0, ldb, nk, mo, &xmax);
+        redo = !(V::hmax(xmax) <= kLazyTrig);  // NaN: redo (harmless)
         if (redo)  // the group's scores again (overwritten by probabilities)
           gemm<false>(nk, W, a.dk, a.kt + k0, 1, a.ldk, a.qt + q0 + i0, a.ldq, t.s + i0, ldb,
                       false, nullptr);
       }
       if (redo) {  // first tile, or the max must move
         mn = V::max(mo, V::sub(col_max(t.s + i0, ldb, nk), V::set1(kLazyMax)));
-        sum = sum1 = V::zero();
-        int64_t j = 0;
-        for (; j + 2 <= nk; j += 2) {
-          float* sp = t.s + j * ldb + i0;
-          const vf p0 = V::exp2(V::sub(V::load(sp), mn));
-          const vf p1 = V::exp2(V::sub(V::load(sp + ldb), mn));
-          V::store(sp, p0);
-          V::store(sp + ldb, p1);
-          sum = V::add(sum, p0);
-          sum1 = V::add(sum1, p1);
-        }
-        if (j < nk) {
-          float* sp = t.s + j * ldb + i0;
-          const vf p0 = V::exp2(V::sub(V::load(sp), mn));
-          V::store(sp, p0);
-          sum = V::add(sum, p0);
-        }
+        sum = probs_in_place(t.s + i0, ldb, nk, mn, &xmax);
         rescale = rescale || !(V::hmax(V::sub(mn, mo)) == 0.0f);
       }
-      sum = V::add(sum, sum1);
       const vf alpha = V::exp2(V::sub(mo, mn));
       V::store(t.l + i0, V::fma(V::load(t.l + i0), alpha, sum));
       V::store(t.m + i0, mn);
