@@ -56,6 +56,43 @@ class ImageEncoder(nn.Module):
 
     def forward(self, image: Tensor) -> Dict[str, List[Tensor]]:
         feats = self.neck(self.trunk(image))[: -self.scalp]
-        pos = [sine_position_encoding(f.shape[1], f.shape[2], f.shape[3], f.device)
-               .to(f.dtype)[None].expand(f.shape[0], -1, -1, -1) for f in feats]
+        pos = [self._position(f)[None].expand(f.shape[0], -1, -1, -1) for f in feats]
         return {"backbone_fpn": feats, "vision_pos_enc": pos}
+
+    def _position(self, f: Tensor) -> Tensor:
+        """A level's (d_model, H, W) sine encoding. It depends on the shape alone, so each shape's
+        table is built once (at 1024 the stride-4 one is 64 MB) and reused while nobody has
+        edited it in place. Always d_model channels: after `fold_heads_` the two
+        high-resolution maps themselves are narrower."""
+        c, h, w = self.neck.d_model, f.shape[2], f.shape[3]
+        if torch.compiler.is_compiling():
+            return sine_position_encoding(c, h, w, f.device).to(f.dtype)
+        tables = self.__dict__.setdefault("_pos_tables", {})  # not state: rebuilt on demand
+        key = (c, h, w, f.device, f.dtype)
+        hit = tables.get(key)
+        if hit is None or hit[0]._version != hit[1]:
+            with torch.inference_mode(False), torch.no_grad():  # normal tensors: versioned
+                table = sine_position_encoding(c, h, w, f.device).to(f.dtype)
+            hit = tables[key] = (table, table._version)
+        return hit[0]
+
+    def fold_heads_(self, conv_s0: nn.Conv2d, conv_s1: nn.Conv2d) -> None:
+        """Fold the mask decoder's 1x1 convs on levels 0 and 1 into the neck's lateral 1x1
+        convs, in place: two 1x1 convs in a row are one (W = W_s W_lat, b = W_s b_lat + b_s),
+        and those levels get no top-down term, so the 256-channel maps (64 MB at 1024 for
+        level 0) are never made. The neck then returns levels 0 and 1 already projected."""
+        from edgetam_kernels.reparam import compose_linear
+
+        if {0, 1} & set(self.neck.top_down_levels):
+            raise ValueError("fold_heads_: levels 0 and 1 must not get a top-down term, got "
+                             f"top_down_levels={self.neck.top_down_levels}")
+        n = len(self.neck.convs) - 1
+        for level, head in ((0, conv_s0), (1, conv_s1)):
+            lateral = self.neck.convs[n - level].conv
+            w, b = compose_linear(lateral.weight.flatten(1), lateral.bias, head.weight.flatten(1),
+                                  head.bias, lateral.weight.dtype)
+            conv = nn.Conv2d(lateral.in_channels, head.out_channels, 1).to(lateral.weight.device)
+            with torch.no_grad():
+                conv.weight.copy_(w[:, :, None, None])
+                conv.bias.copy_(b)
+            self.neck.convs[n - level].conv = conv

@@ -66,10 +66,16 @@ class EdgeTAM(nn.Module):
 
     def fuse_(self) -> "EdgeTAM":
         """Fold the image encoder's BatchNorms and re-parameterisable token mixers into plain
-        convs (faster inference; the state dict then no longer loads Meta's layout)."""
+        convs, and the mask decoder's conv_s0 / conv_s1 into the FPN's lateral convs of the
+        two high-resolution levels (faster inference; the state dict then no longer loads
+        Meta's layout)."""
         from .repvit import fuse_
 
         fuse_(self.image_encoder.trunk)
+        if not getattr(self, "fused", False):
+            dec = self.sam_mask_decoder
+            self.image_encoder.fold_heads_(dec.conv_s0, dec.conv_s1)
+            dec.conv_s0, dec.conv_s1 = nn.Identity(), nn.Identity()
         self.fused = True
         return self
 

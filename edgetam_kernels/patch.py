@@ -2,7 +2,9 @@
 
 Live instances are patched by giving the module an instance-level `forward` (the class is left
 alone, so `isinstance` checks in the host model keep working); `unpatch` deletes it again, which
-restores the original behaviour exactly. Patching twice only updates the options.
+restores the original behaviour exactly. Patching twice only updates the options. A few adapters
+replace another method of a whole model instead of `forward` (Meta's `forward_image`, HF's
+`get_image_features`: the image features' FPN fold, `_adapters_fpn.py`), the same way.
 
 The per-model knowledge (which classes, where their weights live, their calling conventions)
 sits in small adapters: `_adapters_sam2.py` (Meta's `sam2` package / edgetam-dimos) and
@@ -48,13 +50,18 @@ _MISSING = _Missing()
 ADAPTERS: Dict[str, Callable] = {}
 # "module.path.ClassName" -> name of the boolean patch() option that switches the adapter on
 GATES: Dict[str, str] = {}
+# "module.path.ClassName" -> the method the adapter replaces, where it is not `forward`
+METHODS: Dict[str, str] = {}
 
 
-def register_adapter(qualified_class_name: str, option: Optional[str] = None):
+def register_adapter(qualified_class_name: str, option: Optional[str] = None,
+                     method: str = "forward"):
     def deco(factory):
         ADAPTERS[qualified_class_name] = factory
         if option is not None:
             GATES[qualified_class_name] = option
+        if method != "forward":
+            METHODS[qualified_class_name] = method
         return factory
 
     return deco
@@ -70,6 +77,7 @@ def _load_adapters() -> None:
     from . import _adapters_hf  # noqa: F401
     from . import _adapters_edgetam  # noqa: F401
     from . import _adapters_repvit  # noqa: F401
+    from . import _adapters_fpn  # noqa: F401
 
 
 def is_patched(m: nn.Module) -> bool:
@@ -87,18 +95,22 @@ def _patch_module(m: nn.Module, options: dict) -> bool:
     if is_patched(m):
         m.__dict__[_STATE]["options"] = dict(options)
         return True
-    state = {"options": dict(options), "forward": m.__dict__.get("forward", _MISSING)}
+    method = METHODS.get(key, "forward")
+    state = {"options": dict(options), "method": method,
+             "forward": m.__dict__.get(method, _MISSING)}  # what the instance had before
     if _build(m, state) is None:
         return False
     object.__setattr__(m, _STATE, state)
-    object.__setattr__(m, "forward", _PatchedForward(m))
+    object.__setattr__(m, method, _PatchedForward(m))
     return True
 
 
 def _original(m: nn.Module, state: dict):
-    """The forward in effect before patching, bound to `m`."""
+    """The method (usually `forward`) in effect before patching, bound to `m`."""
     saved = state["forward"]
-    return types.MethodType(type(m).forward, m) if saved is _MISSING else saved
+    if saved is not _MISSING:
+        return saved
+    return types.MethodType(getattr(type(m), state.get("method", "forward")), m)
 
 
 class _Built:
@@ -128,8 +140,8 @@ def _build(m: nn.Module, state: dict):
 
 
 class _PatchedForward:
-    """The instance `forward` of a patched module. Unlike a bound method it survives
-    copy.deepcopy and pickling as "patched forward of this module"."""
+    """The instance `forward` (or other patched method) of a patched module. Unlike a bound
+    method it survives copy.deepcopy and pickling as "patched forward of this module"."""
 
     __slots__ = ("module",)
 
@@ -154,10 +166,11 @@ def _unpatch_module(m: nn.Module) -> None:
     state = m.__dict__.pop(_STATE, None)
     if state is None:
         return
+    method = state.get("method", "forward")
     if state["forward"] is _MISSING:
-        del m.__dict__["forward"]
+        del m.__dict__[method]
     else:
-        object.__setattr__(m, "forward", state["forward"])
+        object.__setattr__(m, method, state["forward"])
 
 
 def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = None,

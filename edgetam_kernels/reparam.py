@@ -95,18 +95,25 @@ def merge_dw_branches(weight: Tensor, bias: Optional[Tensor], weight_1x1: Tensor
     return w.to(out_dtype), b.to(out_dtype)
 
 
+def compose_linear(w_1: Tensor, b_1: Optional[Tensor], w_2: Tensor, b_2: Optional[Tensor],
+                   out_dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:
+    """Two linear maps in a row, y = W_2 (W_1 x + b_1) + b_2, as one: (W_2 W_1, W_2 b_1 + b_2).
+    Weights are (out, in); either bias may be None. Computed in the work dtype, rounded once.
+    Differentiable (no detach): callers that want gradients for the weights compute it under
+    autograd."""
+    with torch.autocast(w_2.device.type, enabled=False):  # the fold itself at full precision
+        w2 = w_2.to(work_dtype(w_2))
+        w = w2 @ w_1.to(w2.dtype)
+        b = None if b_2 is None else b_2.to(w2.dtype)
+        if b_1 is not None:
+            b1 = w2 @ b_1.to(w2.dtype)
+            b = b1 if b is None else b + b1
+    return w.to(out_dtype), None if b is None else b.to(out_dtype)
+
+
 def fold_value_into_output(w_v: Tensor, b_v: Optional[Tensor], w_o: Tensor,
                            b_o: Optional[Tensor], out_dtype: torch.dtype
                            ) -> Tuple[Tensor, Optional[Tensor]]:
     """(W_o W_v, W_o b_v + b_o) of a one-head attention: softmax rows sum to 1, so
-    softmax(S) (v W_v^T + b_v) W_o^T + b_o = (softmax(S) v) (W_o W_v)^T + (W_o b_v + b_o).
-    Either bias may be None. Differentiable (no detach): callers that want gradients for the
-    weights compute it under autograd."""
-    with torch.autocast(w_o.device.type, enabled=False):  # the fold itself at full precision
-        wo = w_o.to(work_dtype(w_o))
-        w = wo @ w_v.to(wo.dtype)
-        b = None if b_o is None else b_o.to(wo.dtype)
-        if b_v is not None:
-            bv = wo @ b_v.to(wo.dtype)
-            b = bv if b is None else b + bv
-    return w.to(out_dtype), None if b is None else b.to(out_dtype)
+    softmax(S) (v W_v^T + b_v) W_o^T + b_o = (softmax(S) v) (W_o W_v)^T + (W_o b_v + b_o)."""
+    return compose_linear(w_v, b_v, w_o, b_o, out_dtype)

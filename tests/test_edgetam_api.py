@@ -48,16 +48,45 @@ def test_load_random_warns_and_is_eval():
 
 
 def test_fused_encoder_matches(model):
+    """fuse_(): BatchNorms and token mixers folded, conv_s0 / conv_s1 folded into the FPN's
+    lateral convs; every image feature within the fp32 bound of a float64 run."""
     import copy
 
+    from edgetam_kernels.testing import rel_l2
+
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # nonzero biases, so a fold that lost one would show
+        for conv in (model.sam_mask_decoder.conv_s0, model.sam_mask_decoder.conv_s1,
+                     model.image_encoder.neck.convs[-1].conv):
+            conv.bias.normal_(std=0.1)
     fused = copy.deepcopy(model).fuse_()
+    assert fused.fuse_() is fused  # idempotent
+    assert isinstance(fused.sam_mask_decoder.conv_s0, torch.nn.Identity)
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
+        exact = copy.deepcopy(model).double().image_features(x.double())
         a, b = model.image_features(x), fused.image_features(x)
-    torch.testing.assert_close(b["vision"], a["vision"], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(b["high_res"][0], a["high_res"][0], atol=1e-4, rtol=1e-4)
+        bo = fused.forward_image(x)
+    for key in ("vision", "vision_pos"):
+        assert rel_l2(b[key], exact[key]) < 1e-5, key
+    for level in (0, 1):
+        assert b["high_res"][level].shape == a["high_res"][level].shape
+        assert rel_l2(b["high_res"][level], exact["high_res"][level]) < 1e-5, level
+    assert torch.equal(b["vision_pos"], a["vision_pos"])
+    assert [p.shape[1] for p in bo["vision_pos_enc"]] == [256, 256, 256]
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert n_bn == 0
+
+
+def test_position_tables_are_reused_and_survive_edits(model):
+    enc = model.image_encoder
+    f = torch.zeros(1, 8, 16, 16)
+    a, b = enc._position(f), enc._position(f)
+    assert a is b
+    ref = a.clone()
+    a.add_(1.0)  # an in-place edit of a handed-out table: the next call builds it again
+    c = enc._position(f)
+    assert c is not a and torch.equal(c, ref)
 
 
 def test_bad_image_size():

@@ -48,7 +48,8 @@ def _run(module, kwargs):
 def _no_trace_of_patch(module):
     for name, m in module.named_modules():
         assert not is_patched(m), name
-        assert "forward" not in m.__dict__, f"{name} kept an instance forward"
+        for method in ("forward", "forward_image", "get_image_features"):
+            assert method not in m.__dict__, f"{name} kept an instance {method}"
 
 
 BUILDERS = {"memory_attention": _memattn_call, "perceiver": _perceiver_call}
@@ -193,10 +194,12 @@ def test_whole_meta_predictor():
     assert expected <= names
     # the mask decoder's plain attentions lose the forced SDPA math path
     assert any(n.startswith("sam_mask_decoder.transformer") for n in names)
-    # the RepViT trunk (fuse_encoder=True, the default; tests/test_patch_encoder.py), not the
-    # FPN neck
+    # the RepViT trunk (fuse_encoder=True, the default; tests/test_patch_encoder.py); of the FPN
+    # neck only its position encoding, and the model's forward_image (tests/test_patch_fpn.py)
     assert "image_encoder.trunk.body.stages_1.blocks.0.token_mixer" in names
-    assert not any(n.startswith("image_encoder.neck") for n in names)
+    assert {n for n in names if n.startswith("image_encoder.neck")} == {
+        "image_encoder.neck.position_encoding"}
+    assert "" in names and "forward_image" in predictor.__dict__
     ek.unpatch(predictor)
     _no_trace_of_patch(predictor)
 

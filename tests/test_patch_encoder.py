@@ -28,6 +28,9 @@ FP32_REL_L2 = 1e-5  # the project's fp32 bound (README), vs a float64 reference
 # patched modules in RepViT-M1: the network (channels-last), 106 ConvNorms, 23 token mixers,
 # 26 MLPs and the stem (GELU on NHWC views)
 _ENCODER_PATCHES = 1 + 106 + 23 + 26 + 1
+# and in Meta's image_encoder / HF's vision_encoder the FPN neck's position encoding
+# (per-shape tables, tests/test_patch_fpn.py)
+_NECK_PATCHES = 1
 
 
 def _timm_trunk(seed: int = 0, name: str = "repvit_m1") -> nn.Module:
@@ -213,7 +216,7 @@ def test_fuse_encoder_option():
     assert "image_encoder.trunk.body" in enc  # channels-last
     assert "image_encoder.trunk.body.stem.conv1" in enc  # conv + BatchNorm
     assert "image_encoder.trunk.body.stages_2.blocks.13.token_mixer" in enc
-    assert len(enc) == _ENCODER_PATCHES
+    assert len(enc) == _ENCODER_PATCHES + _NECK_PATCHES
     ek.patch(predictor, backend="reference", fuse_encoder=False)  # off again: only the encoder
     assert patched_modules(predictor) == names
     ek.unpatch(predictor)
@@ -233,7 +236,7 @@ def test_whole_model_encoder(kind):
     with torch.no_grad():
         before = enc(x)
         ek.patch(model)
-        assert sum(is_patched(m) for m in enc.modules()) == _ENCODER_PATCHES
+        assert sum(is_patched(m) for m in enc.modules()) == _ENCODER_PATCHES + _NECK_PATCHES
         fused = enc(x)
         ek.unpatch(model)
         after = enc(x)
