@@ -25,6 +25,8 @@ them), so the result is never silently different from the host's.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -186,6 +188,80 @@ def _activation(module):
     return act if act == "F.gelu" or type(act) is nn.GELU else None
 
 
+def _approximate(act) -> str:
+    return "none" if act == "F.gelu" else act.approximate
+
+
+# oneDNN convolutions with fused post-ops (what inductor emits for conv + GELU and conv + add):
+# the GELU and the residual add happen while each output tile is still in cache, instead of
+# two more passes over a 256 x 256 x 96 activation.
+_CONV_POINTWISE = None
+
+
+def _conv_pointwise_works() -> bool:
+    """Whether this torch has oneDNN's fused-conv ops and they agree with the plain ops (probed
+    once per process on a tiny input: builds without oneDNN, or where a post-op is not
+    implemented, keep the plain path)."""
+    global _CONV_POINTWISE
+    if _CONV_POINTWISE is None:
+        try:
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(1, 8, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
+            w1, w2 = torch.randn(16, 8, 1, 1, generator=g), torch.randn(8, 16, 1, 1, generator=g)
+            b1, b2 = torch.randn(16, generator=g), torch.randn(8, generator=g)
+            want = x + F.conv2d(F.gelu(F.conv2d(x, w1, b1)), w2, b2)
+            one, pad = [1, 1], [0, 0]
+            y = torch.ops.mkldnn._convolution_pointwise(x, w1, b1, pad, one, one, 1, "gelu", [],
+                                                        "none")
+            got = torch.ops.mkldnn._convolution_pointwise.binary(
+                y, x, w2, b2, pad, one, one, 1, "add", 1.0, None, [], None)
+            _CONV_POINTWISE = bool(torch.allclose(got, want, rtol=1e-5, atol=1e-5))
+        except Exception:  # noqa: BLE001  (any failure: no fused path)
+            _CONV_POINTWISE = False
+    return _CONV_POINTWISE
+
+
+def _conv_weights(state: dict, slot: str, m):
+    """(conv, weight, bias) of a ConvNorm (BatchNorm folded, cached) or a plain conv; None if
+    neither or not usable now (training, gradients wanted)."""
+    if _plain_conv(getattr(m, "c", None)) and _is_bn(getattr(m, "bn", None)):
+        c, bn = m.c, m.bn
+        sources = (c.weight, c.bias) + _bn_sources(bn)
+        if not _usable((m, c, bn), sources):
+            return None
+        w, b = cached(state, slot, sources, lambda: fold_batchnorm(c.weight, c.bias, bn),
+                      (bn.eps,))
+        return c, w, b
+    if _plain_conv(m) and _usable((m,), (m.weight, m.bias)):
+        return m, m.weight, m.bias
+    return None
+
+
+def _onednn_mlp(state: dict, mlp, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
+    """conv2(gelu(conv1(x))) (+ residual) as two oneDNN convolutions with fused post-ops, or
+    None where that path does not apply (not a CPU fp32 channels-last tensor, gradients,
+    torch.compile, hooks, no oneDNN). Same operations in the same order as the plain path."""
+    act = _activation(mlp)
+    if (act is None or x.device.type != "cpu" or x.dtype != torch.float32 or not _nhwc(x)
+            or torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad)
+            or mlp._forward_hooks or mlp._forward_pre_hooks or not _conv_pointwise_works()):
+        return None
+    first = _conv_weights(state, "conv1", mlp.conv1)
+    second = _conv_weights(state, "conv2", mlp.conv2)
+    if first is None or second is None:
+        return None
+    ops = torch.ops.mkldnn._convolution_pointwise
+    (c1, w1, b1), (c2, w2, b2) = first, second
+    if not all(isinstance(c.padding, tuple) for c in (c1, c2)):
+        return None
+    y = ops(x, w1, b1, c1.padding, c1.stride, c1.dilation, c1.groups, "gelu", [],
+            _approximate(act))
+    if residual is None:
+        return ops(y, w2, b2, c2.padding, c2.stride, c2.dilation, c2.groups, "none", [], None)
+    return ops.binary(y, residual, w2, b2, c2.padding, c2.stride, c2.dilation, c2.groups, "add",
+                      1.0, None, [], None)
+
+
 def _conv_gelu_conv(module, state, original):
     if _activation(module) is None:
         return None
@@ -194,8 +270,11 @@ def _conv_gelu_conv(module, state, original):
         act = _activation(self)
         if act is None or not _nhwc(x):
             return original(x)
+        fused = _onednn_mlp(state, self, x)
+        if fused is not None:
+            return fused
         y = self.conv1(x)
-        return self.conv2(_gelu(y, "none" if act == "F.gelu" else act.approximate))
+        return self.conv2(_gelu(y, _approximate(act)))
 
     return forward
 
@@ -204,6 +283,39 @@ register_adapter(f"{_TIMM}.RepVitMlp", _OPTION)(_conv_gelu_conv)
 register_adapter(f"{_TIMM}.RepVitStem", _OPTION)(_conv_gelu_conv)
 register_adapter(f"{_OURS}.ConvMlp", _OPTION)(_conv_gelu_conv)
 register_adapter(f"{_OURS}.Stem", _OPTION)(_conv_gelu_conv)
+
+
+def _residual_mlp(module, state, original, head, mlp_name: str):
+    """A block ending in `x + mlp(x)` (after `head`, the block's other layers): the residual
+    add fused into the MLP's second conv."""
+    mlp = getattr(module, mlp_name, None)
+    if mlp is None or _activation(mlp) is None:
+        return None
+
+    def forward(self, x):
+        x = head(self, x)
+        fused = _onednn_mlp(state, getattr(self, mlp_name), x, residual=x)
+        return fused if fused is not None else x + getattr(self, mlp_name)(x)
+
+    return forward
+
+
+def _block_head(self, x):
+    return self.se(self.token_mixer(x))
+
+
+def _downsample_head(self, x):
+    return self.channel_downsample(self.spatial_downsample(self.pre_block(x)))
+
+
+register_adapter(f"{_TIMM}.RepViTBlock", _OPTION)(
+    lambda m, s, o: _residual_mlp(m, s, o, _block_head, "channel_mixer"))
+register_adapter(f"{_OURS}.Block", _OPTION)(
+    lambda m, s, o: _residual_mlp(m, s, o, _block_head, "channel_mixer"))
+register_adapter(f"{_TIMM}.RepVitDownsample", _OPTION)(
+    lambda m, s, o: _residual_mlp(m, s, o, _downsample_head, "ffn"))
+register_adapter(f"{_OURS}.Downsample", _OPTION)(
+    lambda m, s, o: _residual_mlp(m, s, o, _downsample_head, "ffn"))
 
 
 # ---------------------------------------------------------------------------------------------

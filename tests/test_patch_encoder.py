@@ -26,8 +26,8 @@ timm = pytest.importorskip("timm")
 
 FP32_REL_L2 = 1e-5  # the project's fp32 bound (README), vs a float64 reference
 # patched modules in RepViT-M1: the network (channels-last), 106 ConvNorms, 23 token mixers,
-# 26 MLPs and the stem (GELU on NHWC views)
-_ENCODER_PATCHES = 1 + 106 + 23 + 26 + 1
+# 26 MLPs and the stem (GELU on NHWC views), 23 blocks and 3 downsamples (residual MLPs)
+_ENCODER_PATCHES = 1 + 106 + 23 + 26 + 1 + 23 + 3
 # and in Meta's image_encoder / HF's vision_encoder the FPN neck's position encoding
 # (per-shape tables, tests/test_patch_fpn.py)
 _NECK_PATCHES = 1
@@ -276,7 +276,8 @@ def test_our_model_keeps_fusing():
         ek.patch(fused_model, backend="reference")
         enc = [n for n in patched_modules(fused_model) if n.startswith("image_encoder")]
         kinds = {type(fused_model.get_submodule(n)).__name__ for n in enc}
-        assert kinds == {"RepViT", "Stem", "ConvMlp"}  # no ConvNorm or DwMixer left to fold
+        # no ConvNorm or DwMixer left to fold; the MLPs' GELU and residual go to oneDNN
+        assert kinds == {"RepViT", "Stem", "ConvMlp", "Block", "Downsample"}
         assert not any(isinstance(m, nn.BatchNorm2d) for m in fused_model.modules())
         both = fused_model.image_features(x)
     def flat(feats):
@@ -296,3 +297,32 @@ def test_compile_fullgraph():
         torch._dynamo.reset()
         out = torch.compile(module, fullgraph=True, backend="eager")(x)
     assert max(rel_l2(o, r) for o, r in zip(out, ref)) < FP32_REL_L2
+
+
+def test_onednn_post_ops_match_the_plain_path(monkeypatch):
+    """On CPU the MLPs run as oneDNN convolutions with GELU / the residual add fused in; the
+    result equals the plain fused path (conv, NHWC GELU, conv, add), and that path still runs
+    where the fused ops are unavailable."""
+    from edgetam_kernels import _adapters_repvit as R
+
+    if not R._conv_pointwise_works():
+        pytest.skip("this torch has no oneDNN fused-conv ops (the plain path is tested above)")
+    trunk = _timm_trunk(seed=3)
+    x = _image(128)
+    ek.patch(trunk)
+    calls = []
+    real = R._onednn_mlp
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(R, "_onednn_mlp", counting)
+    with torch.no_grad():
+        fused = _run(trunk, x)
+        assert calls and all(calls) and len(calls) == 1 + 23 + 3  # stem, blocks, downsamples
+        monkeypatch.setattr(R, "_CONV_POINTWISE", False)
+        plain = _run(trunk, x)
+    for f, p in zip(fused, plain):
+        assert rel_l2(f, p) < 1e-6
