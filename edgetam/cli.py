@@ -151,6 +151,11 @@ def track(args) -> dict:
                                  backend=args.backend, fuse=True)
     except edgetam.CheckpointError as e:
         raise CliError(str(e)) from e
+    # the fused model's encoder on the library's fast paths too (on CPU: channels-last convs,
+    # the MLPs' GELU and residual fused into oneDNN convolutions; docs/patch.md)
+    import edgetam_kernels
+
+    edgetam_kernels.patch(model, backend=args.backend)
     if args.checkpoint is None:
         # random weights predict "no object": bias the object score so masks flow into memory
         with torch.no_grad():
