@@ -233,7 +233,10 @@ def _hf_get_image_features(model, state, original):
         return None
 
     def get_image_features(self, pixel_values, **kwargs):
-        plan = None if kwargs else _hf_plan(self)
+        # the model calls it with return_dict=True (the output is a ModelOutput either way);
+        # any other option (hidden states, attentions, ...) goes to the original
+        plain = kwargs.get("return_dict", True) in (True, None) and set(kwargs) <= {"return_dict"}
+        plan = _hf_plan(self) if plain else None
         if plan is None:
             return original(pixel_values, **kwargs)
         laterals, heads, output_cls = plan

@@ -198,7 +198,10 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
     fuse_encoder: run the RepViT image encoder (timm's RepViT in Meta's and HF's models, and
     our own edgetam/ model when not fused already) re-parameterised: BatchNorms folded into
     their convs and each token mixer's 3x3 + 1x1 + identity branches merged into one conv,
-    channels-last on CPU. The fused weights are copies kept beside the module's own (its
+    channels-last on CPU, where the MLPs' GELU and residual add also become oneDNN post-ops.
+    Around the FPN neck: sine position encodings served from per-shape tables, and the mask
+    decoder's conv_s0 / conv_s1 folded into the lateral 1x1 convs of the two high-resolution
+    levels (Meta's `forward_image`, HF's `get_image_features`). The fused weights are copies kept beside the module's own (its
     parameters and state dict are untouched), recomputed when those change; training mode or
     gradients flowing into the weights run the original forward. False leaves the encoder
     (and switches off an earlier fuse_encoder=True).

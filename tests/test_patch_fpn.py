@@ -80,6 +80,34 @@ def test_matches_float64_and_position_bit_identical(case):
         assert torch.equal(got, plain)
 
 
+def test_the_hosts_own_calls_take_the_fold(case, monkeypatch):
+    """As the trackers call it (HF passes return_dict=True): the neck's forward never runs,
+    and the result is the same as a direct call's."""
+    kind, model, x, _, _ = case
+    patched = _patched(kind, model)
+    neck = patched.image_encoder.neck if kind == "meta" else patched.vision_encoder.neck
+    calls = []
+    real = type(neck).forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    with torch.no_grad():
+        direct = _features(kind, patched, x)[0]
+        monkeypatch.setattr(type(neck), "forward", counting)
+        if kind == "meta":
+            maps = patched.forward_image(x)["backbone_fpn"]
+        else:
+            maps = patched.get_image_features(x, return_dict=True).fpn_hidden_states
+            # an option the fold does not cover goes to the original: its own error here
+            with pytest.raises(ValueError, match="output_hidden_states"):
+                patched.get_image_features(x, output_hidden_states=True)
+    assert calls == []
+    for a, b in zip(maps, direct):
+        assert torch.equal(a, b)
+
+
 def test_a_wrong_fold_fails(case, monkeypatch):
     """The comparison above can fail: the fold without the lateral conv's bias is off by far
     more than the bound (the conv biases are nonzero)."""
