@@ -158,3 +158,33 @@ def test_gradients_reach_the_folded_weights():
     _plain64(q_in, k_in, v_in, p64, rope).sum().backward()
     for name, a, t in zip(("w_v", "b_v", "w_o", "b_o"), ours, leaves):
         assert rel_l2(a, t.grad) < 1e-4, name
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("compute_dtype", [None, torch.bfloat16])
+def test_mlp_in_row_chunks(bias, compute_dtype, monkeypatch):
+    """`MLP` on a CPU runs in row chunks (memory attention's 4096 x 2048 hidden activation):
+    same result as the whole-tensor computation, for row counts that are not a multiple of the
+    chunk, with or without the second bias; with autograd it runs whole and differentiates."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    w1, b1 = _linear(24, 96, g, bias=True)
+    w2, b2 = _linear(96, 24, g, bias=bias)
+    mlp = C.MLP(w1.float(), b1.float(), w2.float(), None if b2 is None else b2.float(), F.relu)
+    x = torch.randn(2, 333, 24, generator=g)
+    exact = F.linear(F.relu(F.linear(x.double(), w1, b1)), w2, b2)
+    monkeypatch.setattr(C, "_CHUNK_BYTES", 64 * 96 * 4)  # 64-row chunks: 11 of them, short last
+    assert C._row_chunk(x, 96, ()) == 64
+    with torch.no_grad():
+        chunked = mlp(x, compute_dtype)
+        monkeypatch.setattr(C, "_CHUNK_BYTES", 1 << 40)
+        whole = mlp(x, compute_dtype)
+    assert chunked.shape == whole.shape == (2, 333, 24) and chunked.dtype == torch.float32
+    assert rel_l2(chunked, whole) < 1e-6
+    budget = TOLERANCE[torch.float32] if compute_dtype is None else TOLERANCE[torch.bfloat16]
+    assert rel_l2(chunked, exact) < budget
+    monkeypatch.setattr(C, "_CHUNK_BYTES", 64 * 96 * 4)
+    xg = x.clone().requires_grad_()
+    mlp(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
