@@ -14,8 +14,9 @@ Each round runs every variant once, in an order rotated per round, so a load cha
 shared machine hits all variants alike; the JSON keeps every round (pytest-benchmark's layout,
 so plot_e2e.py reads it) and min / median over rounds. Tracking: one round = propagate through a
 clip after a prompted frame 0 (untimed), time / tracked frames. Encoder: Meta's
-`image_encoder` (RepViT trunk + FPN neck), HF's `vision_encoder`, one 1-image call. Memory
-attention: the module alone on EdgeTAM's shapes (grid = size / 16, 7 memory frames, 16 object
+`forward_image`, HF's `get_image_features` (what their trackers call per frame: RepViT
+trunk, FPN neck, the mask decoder's conv_s0 / conv_s1 on the two high-resolution levels), one
+1-image call. Memory attention: the module alone on EdgeTAM's shapes (grid = size / 16, 7 memory frames, 16 object
 pointers), unpatched vs patched only (fuse_encoder does not concern it).
 """
 
@@ -86,11 +87,13 @@ def tracker(kind: str, model, size: int, frames: int):
 
 def encoder(kind: str, model, size: int):
     x = M.random_clip(1, size, seed=2)
-    enc = model.image_encoder if kind == "meta" else model.vision_encoder
+    # looked up per call: the variants patch and unpatch these methods on the model
+    features = ((lambda image: model.forward_image(image)) if kind == "meta"
+                else lambda image: model.get_image_features(image, return_dict=True))
 
     def run():
         t = time.perf_counter()
-        enc(x)
+        features(x)
         return time.perf_counter() - t
 
     return run
@@ -134,7 +137,7 @@ def main(argv=None):
             mem_module, mem_run = memory_attention(kind, size)
             cases = [(f"{kind}: tracked frames at {size}", "track", model, variants,
                       tracker(kind, model, size, args.frames)),
-                     (f"{kind}: image encoder at {size}", "image_encoder", model, variants,
+                     (f"{kind}: image features at {size}", "image_encoder", model, variants,
                       encoder(kind, model, size)),
                      (f"{kind}: memory attention module at {size}", "memory_attention",
                       mem_module, [v for v in variants if "no-fuse" not in v], mem_run)]
