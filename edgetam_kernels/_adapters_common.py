@@ -106,6 +106,7 @@ class MLP:
 
 
 _CHUNK_BYTES = 2 << 20  # hidden activation per chunk: reused heap memory, stays in L2 + LLC
+_WHOLE_BYTES = 32 << 20  # from this size on every fresh buffer is an mmap (glibc's maximum)
 
 
 def _row_chunk(x: Tensor, hidden: int, weights) -> Optional[int]:
@@ -116,6 +117,9 @@ def _row_chunk(x: Tensor, hidden: int, weights) -> Optional[int]:
                 and any(t is not None and t.requires_grad for t in (x, *weights)))):
         return None
     n = x.numel() // x.shape[-1]
+    if n * hidden * x.element_size() < _WHOLE_BYTES:
+        return None  # below glibc's largest mmap threshold: reused memory already (bf16's
+        # 16 MB at EdgeTAM's shape, where AMX GEMMs also prefer the whole tensor)
     rows = max(64, _CHUNK_BYTES // (hidden * x.element_size()))
     return rows if n > rows else None
 
