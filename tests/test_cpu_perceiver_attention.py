@@ -47,7 +47,7 @@ def check_written(out, ref, budget):
 
 CASES = {
     # EdgeTAM's global latents over a 64 x 64 memory frame: 8 key chunks of 512
-    "edgetam": dict(),
+    "edgetam_shape": dict(),
     "one_latent_one_token": dict(l=1, n=1, pos="shared"),
     # 33 keys: one short chunk, one short key tile; 3 heads of 16
     "l7_n33_c48_heads3_batch3": dict(b=3, l=7, n=33, c=48, heads=3),
@@ -174,7 +174,7 @@ def test_float64_declined():
 def test_budget_catches_wrong_kernels():
     """The budget separates this kernel from plausible wrong ones at the tested shapes: pos
     missing from v (or k), the last key skipped, LN_x's bias dropped."""
-    for kw in (CASES["edgetam"], CASES["l7_n33_c48_heads3_batch3"]):
+    for kw in (CASES["edgetam_shape"], CASES["l7_n33_c48_heads3_batch3"]):
         args, heads = make(**kw)
         a64 = to64(args)
         ref = ref64(args, heads)

@@ -27,13 +27,20 @@ namespace edgetam_cpu {
 namespace EDGETAM_ISA {
 namespace {
 
-// Keys per token work item: about N / 8 (items for a few threads), from 64 to 512 (the spatial
-// perceiver's window-row items: half the partials to write and merge of 256-key items).
-inline int64_t block_key_chunk(int64_t N) {
-  return min64(512, max64(64, round_up(ceil_div(N, 8), 32)));
-}
-// Floats of partial results and latent blocks one batch group may hold (16 MB).
+// Floats of partial results and latent blocks one batch group may hold (16 MB), and of one
+// batch element's partial results (64 MB: bounds memory for very long latent sequences).
 constexpr int64_t kBlockGroupFloats = int64_t(1) << 22;
+constexpr int64_t kBlockPartialFloats = int64_t(1) << 24;
+
+// Keys per token work item: about N / 8 (items for a few threads), from 64 to 512 (the spatial
+// perceiver's window-row items: half the partials to write and merge of 256-key items); longer
+// when the partials of L queries (rows per chunk, ldl each) would pass kBlockPartialFloats.
+inline int64_t block_key_chunk(int64_t N, int64_t rows, int64_t ldl) {
+  int64_t chunk = min64(512, max64(64, round_up(ceil_div(N, 8), 32)));
+  const int64_t most = max64(1, kBlockPartialFloats / (rows * ldl));
+  if (ceil_div(N, chunk) > most) chunk = round_up(ceil_div(N, most), 32);
+  return min64(chunk, N);
+}
 
 struct BlockPlan {
   int64_t L, N, C, inner, heads, dh;
@@ -169,7 +176,7 @@ void perceiver_attention(const PerceiverAttnArgs& a, const Parallel& par) {
   p.dh = a.inner / a.heads;
   p.ldl = ld_cols(a.L);
   p.ldkv = round_up(2 * a.inner, 16);
-  p.chunk = min64(block_key_chunk(a.N), a.N);
+  p.chunk = block_key_chunk(a.N, a.inner + 2 * a.heads, p.ldl);
   p.nchunks = ceil_div(a.N, p.chunk);
   p.lw = round_up(a.L, V::W);
   p.nlc = ceil_div(p.lw, ColScratch::kChunk);
