@@ -124,13 +124,17 @@ void block_tokens(const PerceiverAttnArgs& a, const BlockPlan& p, const BlockBuf
   float* xs = ar.take<float>(p.chunk * C);     // LN_x, token-major (len, C)
   float* kv = ar.take<float>(p.chunk * ldkv);  // [K | V], token-major (len, ldkv)
   const float* x = a.x + (b * p.N + n0) * C;
-  for (int64_t n = 0; n < len; ++n) ln_row(x + n * C, C, a.ln_x_w, a.ln_x_b, a.eps, xs + n * C);
-  gemm<false>(len, ldkv, C, xs, C, 1, s.wkvt, ldkv, kv, ldkv, false, nullptr);
-  if (a.pos) {
-    const float* pos = a.pos + b * a.pos_bstride + n0 * inner;
-    for (int64_t n = 0; n < len; ++n) {
-      add_row(kv + n * ldkv, pos + n * inner, inner);
-      add_row(kv + n * ldkv + inner, pos + n * inner, inner);
+  const float* pos = a.pos ? a.pos + b * a.pos_bstride + n0 * inner : nullptr;
+  for (int64_t t0 = 0; t0 < len; t0 += 48) {  // tiles of tokens whose rows stay in L1
+    const int64_t t1 = min64(len, t0 + 48);
+    for (int64_t n = t0; n < t1; ++n) ln_row(x + n * C, C, a.ln_x_w, a.ln_x_b, a.eps, xs + n * C);
+    gemm<false>(t1 - t0, ldkv, C, xs + t0 * C, C, 1, s.wkvt, ldkv, kv + t0 * ldkv, ldkv, false,
+                nullptr);
+    if (pos) {
+      for (int64_t n = t0; n < t1; ++n) {
+        add_row(kv + n * ldkv, pos + n * inner, inner);
+        add_row(kv + n * ldkv + inner, pos + n * inner, inner);
+      }
     }
   }
   BlockScratch bs(ar, dh);
