@@ -80,4 +80,24 @@ struct PerceiverArgs {
   float* out;             // (B, L1 + L2, C)
 };
 
+// One perceiver cross-attention block (reference.perceiver_attention), fp32, no residual:
+// out = Wout softmax(q k^T / sqrt(inner / heads)) v per head, q = Wq LN(latents),
+// [k; v] = Wkv LN(x) (k first), pos added to both k and v. Token-major as torch stores them.
+struct PerceiverAttnArgs {
+  const float* latents;   // (B, L, C)
+  const float* x;         // (B, N, C)
+  const float* pos;       // (B or 1, N, inner) or null
+  int64_t pos_bstride;    // 0 when pos is shared by the batch
+  const float* ln_lat_w;  // (C) LayerNorm of the latents
+  const float* ln_lat_b;
+  const float* ln_x_w;    // (C) LayerNorm of x
+  const float* ln_x_b;
+  const float* w_q;       // (inner, C)
+  const float* w_kv;      // (2 * inner, C)
+  const float* w_out;     // (C, inner)
+  int64_t B, L, N, C, inner, heads;
+  float eps;
+  float* out;             // (B, L, C)
+};
+
 }  // namespace edgetam_cpu

@@ -26,6 +26,7 @@ namespace edgetam_cpu {
   namespace ns {                                                        \
   void rope_attention(const RopeAttnArgs&, const Parallel&);            \
   void spatial_perceiver(const PerceiverArgs&, const Parallel&);        \
+  void perceiver_attention(const PerceiverAttnArgs&, const Parallel&);  \
   }
 EDGETAM_DECLARE(scalar)
 #if EDGETAM_X86
@@ -48,24 +49,30 @@ namespace {
 struct Kernels {
   void (*rope_attention)(const RopeAttnArgs&, const Parallel&) = nullptr;
   void (*spatial_perceiver)(const PerceiverArgs&, const Parallel&) = nullptr;
+  void (*perceiver_attention)(const PerceiverAttnArgs&, const Parallel&) = nullptr;
 };
+
+#define EDGETAM_KERNELS(ns) \
+  k.rope_attention = ns::rope_attention;               \
+  k.spatial_perceiver = ns::spatial_perceiver;         \
+  k.perceiver_attention = ns::perceiver_attention;
 
 Kernels table(int isa) {
   Kernels k;
   switch (isa) {
-    case kScalar: k.rope_attention = scalar::rope_attention; k.spatial_perceiver = scalar::spatial_perceiver; break;
+    case kScalar: EDGETAM_KERNELS(scalar) break;
 #if EDGETAM_X86
-    case kAvx2: k.rope_attention = avx2::rope_attention; k.spatial_perceiver = avx2::spatial_perceiver; break;
-    case kAvx512: k.rope_attention = avx512::rope_attention; k.spatial_perceiver = avx512::spatial_perceiver; break;
-    case kAvx512Bf16: k.rope_attention = avx512bf16::rope_attention; k.spatial_perceiver = avx512bf16::spatial_perceiver; break;
+    case kAvx2: EDGETAM_KERNELS(avx2) break;
+    case kAvx512: EDGETAM_KERNELS(avx512) break;
+    case kAvx512Bf16: EDGETAM_KERNELS(avx512bf16) break;
 #if defined(__linux__)
-    case kAvx512Amx: k.rope_attention = avx512amx::rope_attention; k.spatial_perceiver = avx512amx::spatial_perceiver; break;
+    case kAvx512Amx: EDGETAM_KERNELS(avx512amx) break;
 #endif
 #endif
 #if EDGETAM_ARM64
-    case kNeon: k.rope_attention = neon::rope_attention; k.spatial_perceiver = neon::spatial_perceiver; break;
-    case kNeonFp16: k.rope_attention = neonfp16::rope_attention; k.spatial_perceiver = neonfp16::spatial_perceiver; break;
-    case kNeonBf16: k.rope_attention = neonbf16::rope_attention; k.spatial_perceiver = neonbf16::spatial_perceiver; break;
+    case kNeon: EDGETAM_KERNELS(neon) break;
+    case kNeonFp16: EDGETAM_KERNELS(neonfp16) break;
+    case kNeonBf16: EDGETAM_KERNELS(neonbf16) break;
 #endif
     default: break;
   }
@@ -228,6 +235,10 @@ void rope_attention(RopeAttnArgs a, int64_t q_h, int64_t k_h, double theta, cons
 
 void spatial_perceiver(const PerceiverArgs& a, const Parallel& par) {
   table(current_isa()).spatial_perceiver(a, par);
+}
+
+void perceiver_attention(const PerceiverAttnArgs& a, const Parallel& par) {
+  table(current_isa()).perceiver_attention(a, par);
 }
 
 }  // namespace edgetam_cpu

@@ -19,4 +19,6 @@ void rope_attention(RopeAttnArgs a, int64_t q_h, int64_t k_h, double theta, cons
 
 void spatial_perceiver(const PerceiverArgs& a, const Parallel& par);
 
+void perceiver_attention(const PerceiverAttnArgs& a, const Parallel& par);
+
 }  // namespace edgetam_cpu

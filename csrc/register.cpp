@@ -186,6 +186,54 @@ Tensor spatial_perceiver(Tensor x, std::optional<Tensor> pos, std::optional<Tens
   return out;
 }
 
+// One perceiver cross-attention block (reference.perceiver_attention); fp32, contiguous.
+Tensor perceiver_attention(Tensor latents, Tensor x, std::optional<Tensor> pos,
+                           Tensor ln_latents_w, Tensor ln_latents_b, Tensor ln_x_w, Tensor ln_x_b,
+                           Tensor w_q, Tensor w_kv, Tensor w_out, int64_t heads, double eps) {
+  edgetam_cpu::PerceiverAttnArgs a{};
+  STD_TORCH_CHECK(latents.dim() == 3, "latents must be (B, L, C)");
+  STD_TORCH_CHECK(x.dim() == 3, "x must be (B, N, C)");
+  a.latents = fptr(latents, "latents");
+  a.x = fptr(x, "x");
+  a.B = latents.size(0);
+  a.L = latents.size(1);
+  a.C = latents.size(2);
+  a.N = x.size(1);
+  STD_TORCH_CHECK(x.size(0) == a.B && x.size(2) == a.C, "x must be (B, N, C) like latents");
+  STD_TORCH_CHECK(a.L > 0 && a.C > 0 && a.N > 0, "latents and x must not be empty");
+  STD_TORCH_CHECK(w_q.dim() == 2 && w_q.size(1) == a.C && w_q.size(0) > 0, "w_q must be (inner, C)");
+  a.inner = w_q.size(0);
+  STD_TORCH_CHECK(w_kv.dim() == 2 && w_kv.size(0) == 2 * a.inner && w_kv.size(1) == a.C,
+                  "w_kv must be (2 * inner, C)");
+  STD_TORCH_CHECK(w_out.dim() == 2 && w_out.size(0) == a.C && w_out.size(1) == a.inner,
+                  "w_out must be (C, inner)");
+  STD_TORCH_CHECK(heads >= 1 && a.inner % heads == 0, "heads must divide the inner dim");
+  a.heads = heads;
+  const Tensor* lns[] = {&ln_latents_w, &ln_latents_b, &ln_x_w, &ln_x_b};
+  const char* ln_names[] = {"ln_latents_w", "ln_latents_b", "ln_x_w", "ln_x_b"};
+  const float** ln_ptrs[] = {&a.ln_lat_w, &a.ln_lat_b, &a.ln_x_w, &a.ln_x_b};
+  for (int i = 0; i < 4; ++i) {
+    STD_TORCH_CHECK(lns[i]->dim() == 1 && lns[i]->size(0) == a.C, ln_names[i], " must be (C,)");
+    *ln_ptrs[i] = fptr(*lns[i], ln_names[i]);
+  }
+  a.w_q = fptr(w_q, "w_q");
+  a.w_kv = fptr(w_kv, "w_kv");
+  a.w_out = fptr(w_out, "w_out");
+  a.pos = pos.has_value() ? fptr(*pos, "pos") : nullptr;
+  if (a.pos) {
+    STD_TORCH_CHECK(pos->dim() == 3 && (pos->size(0) == 1 || pos->size(0) == a.B) &&
+                        pos->size(1) == a.N && pos->size(2) == a.inner,
+                    "pos must be (B or 1, N, inner)");
+    a.pos_bstride = pos->size(0) == 1 ? 0 : a.N * a.inner;
+  }
+  STD_TORCH_CHECK(eps > 0, "eps must be positive");
+  a.eps = float(eps);
+  Tensor out = torch::stable::new_empty(latents, {a.B, a.L, a.C});
+  a.out = static_cast<float*>(out.mutable_data_ptr());
+  edgetam_cpu::perceiver_attention(a, torch_pool());
+  return out;
+}
+
 int64_t get_isa() { return edgetam_cpu::current_isa(); }
 int64_t best_isa() { return edgetam_cpu::best_isa(); }
 bool isa_supported(int64_t isa) { return edgetam_cpu::isa_supported(int(isa)); }
@@ -199,6 +247,9 @@ STABLE_TORCH_LIBRARY(edgetam_cpu, m) {
   m.def("spatial_perceiver(Tensor x, Tensor? pos, Tensor? latents_1d, Tensor? latents_2d, "
         "Tensor[] weights, Tensor norm_w, Tensor norm_b, int depth, int heads, bool use_self_attn, "
         "float eps, int compute) -> Tensor");
+  m.def("perceiver_attention(Tensor latents, Tensor x, Tensor? pos, Tensor ln_latents_w, "
+        "Tensor ln_latents_b, Tensor ln_x_w, Tensor ln_x_b, Tensor w_q, Tensor w_kv, Tensor w_out, "
+        "int heads, float eps) -> Tensor");
   m.def("get_isa() -> int");
   m.def("best_isa() -> int");
   m.def("isa_supported(int isa) -> bool");
@@ -208,6 +259,7 @@ STABLE_TORCH_LIBRARY(edgetam_cpu, m) {
 STABLE_TORCH_LIBRARY_IMPL(edgetam_cpu, CPU, m) {
   m.impl("rope_attention", TORCH_BOX(&rope_attention));
   m.impl("spatial_perceiver", TORCH_BOX(&spatial_perceiver));
+  m.impl("perceiver_attention", TORCH_BOX(&perceiver_attention));
 }
 
 STABLE_TORCH_LIBRARY_IMPL(edgetam_cpu, CompositeExplicitAutograd, m) {

@@ -46,7 +46,7 @@ def arm_binary(tmp_path_factory):
 @pytest.mark.skipif(HOST is None, reason="no host C++ compiler")
 def test_host_kernels(tmp_path):
     out = run([build(HOST, tmp_path / "test_kernels")])
-    assert "attention scalar" in out and "perceiver" in out
+    assert "attention scalar" in out and "perceiver" in out and "perceiver_attention" in out
 
 
 def test_aarch64_max_neon_bf16(arm_binary):
@@ -55,6 +55,7 @@ def test_aarch64_max_neon_bf16(arm_binary):
     out = run([QEMU, "-cpu", "max", str(arm_binary), "--expect-best", "neon_bf16",
                "--expect-supported", "scalar,neon,neon_fp16,neon_bf16"])
     assert "attention neon_bf16" in out and "attention neon_fp16" in out
+    assert "perceiver_attention neon_bf16" in out and "perceiver_attention neon " in out
     assert "compute bf16" in out and "compute f16" in out
 
 

@@ -30,6 +30,7 @@
 #include "../simd/neon.h"
 #include "../kernels/attention_impl.h"
 #include "../kernels/perceiver_impl.h"
+#include "../kernels/perceiver_block.h"
 #if (EDGETAM_BF16DOT || EDGETAM_F16DOT) && defined(__clang__)
 #pragma clang attribute pop
 #endif

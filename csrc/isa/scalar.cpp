@@ -7,3 +7,4 @@
 #include "../simd/scalar.h"
 #include "../kernels/attention_impl.h"
 #include "../kernels/perceiver_impl.h"
+#include "../kernels/perceiver_block.h"

@@ -20,6 +20,7 @@
 #define EDGETAM_PERCEIVER_AMX 1
 #include "../kernels/perceiver_amx.h"
 #include "../kernels/perceiver_impl.h"
+#include "../kernels/perceiver_block.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif

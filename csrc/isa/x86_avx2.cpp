@@ -14,6 +14,7 @@
 #include "../simd/avx2.h"
 #include "../kernels/attention_impl.h"
 #include "../kernels/perceiver_impl.h"
+#include "../kernels/perceiver_block.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif

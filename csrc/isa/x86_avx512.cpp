@@ -26,6 +26,7 @@
 #include "../simd/avx512.h"
 #include "../kernels/attention_impl.h"
 #include "../kernels/perceiver_impl.h"
+#include "../kernels/perceiver_block.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif

@@ -18,13 +18,17 @@ constexpr int64_t kPerceiverQueries = 64;  // queries per block: one micro-tile 
 // scaled by scale * log2(e) (the softmax runs in base 2), kt (dk, keys), vt (dv, keys),
 // ot (dv, queries). With pm / pl set, the result is a partial one over this subset of keys, for
 // merge_partials: ot unnormalized, and per query the running max (base-2 logits) in pm and the
-// softmax denominator in pl.
+// softmax denominator in pl. Keys are ks apart in kt and vt: element (c, j) of kt is at
+// kt[c * ldk + j * ks]; ks = 1 is the channel-major layout above, and token-major K / V rows
+// (perceiver_block.h: ldk = ldv = 1, ks = the row length) read the same way, since the
+// micro-kernel broadcasts its A operand from any strides. amx_global_attention needs ks = 1.
 struct HeadAttn {
   const float *qt, *kt, *vt;
   float* ot;
   int64_t ldq, ldk, ldv, ldo, nk, dk, dv;
   float* pm = nullptr;
   float* pl = nullptr;
+  int64_t ks = 1;
 };
 
 struct BlockScratch {
@@ -88,7 +92,8 @@ void block_attention(const HeadAttn& a, int64_t q0, int64_t nq, BlockScratch& t)
   }
   for (int64_t k0 = 0; k0 < a.nk; k0 += kPerceiverKeys) {
     const int64_t nk = min64(kPerceiverKeys, a.nk - k0);
-    gemm<false>(nk, ldb, a.dk, a.kt + k0, 1, a.ldk, a.qt + q0, a.ldq, t.s, ldb, false, nullptr);
+    gemm<false>(nk, ldb, a.dk, a.kt + k0 * a.ks, a.ks, a.ldk, a.qt + q0, a.ldq, t.s, ldb, false,
+                nullptr);
     // Online softmax down the columns. After the first tile, one pass against the running max
     // as it stands, tracking the largest exponent; only a column group where a probability
     // would exceed 2^kLazyTrig gets its scores back (the same product for its W queries) and
@@ -102,8 +107,8 @@ void block_attention(const HeadAttn& a, int64_t q0, int64_t nq, BlockScratch& t)
         sum = probs_in_place(t.s + i0, ldb, nk, mo, &xmax);
         redo = !(V::hmax(xmax) <= kLazyTrig);  // NaN: redo (harmless)
         if (redo)  // the group's scores again (overwritten by probabilities)
-          gemm<false>(nk, W, a.dk, a.kt + k0, 1, a.ldk, a.qt + q0 + i0, a.ldq, t.s + i0, ldb,
-                      false, nullptr);
+          gemm<false>(nk, W, a.dk, a.kt + k0 * a.ks, a.ks, a.ldk, a.qt + q0 + i0, a.ldq,
+                      t.s + i0, ldb, false, nullptr);
       }
       if (redo) {  // first tile, or the max must move
         mn = V::max(mo, V::sub(col_max(t.s + i0, ldb, nk), V::set1(kLazyMax)));
@@ -122,7 +127,7 @@ void block_attention(const HeadAttn& a, int64_t q0, int64_t nq, BlockScratch& t)
           V::store(od + i0, V::mul(V::load(od + i0), V::load(t.alpha + i0)));
       }
     }
-    gemm<false>(a.dv, ldb, nk, a.vt + k0, a.ldv, 1, t.s, ldb, o, ldo, k0 > 0, nullptr);
+    gemm<false>(a.dv, ldb, nk, a.vt + k0 * a.ks, a.ldv, a.ks, t.s, ldb, o, ldo, k0 > 0, nullptr);
   }
   if (partial) {
     for (int64_t i = 0; i < nq; ++i) {

@@ -89,6 +89,11 @@ if _ops is not None:
         n = sum(t.shape[0] for t in (latents_1d, latents_2d) if t is not None)
         return x.new_empty((x.shape[0], n, x.shape[1]))
 
+    @torch.library.register_fake("edgetam_cpu::perceiver_attention")
+    def _(latents, x, pos, ln_latents_w, ln_latents_b, ln_x_w, ln_x_b, w_q, w_kv, w_out, heads,
+          eps):
+        return latents.new_empty(latents.shape)
+
 
 if _ops is not None and os.environ.get(ENV_ISA, "").strip() not in ("", "auto"):
     try:
@@ -129,6 +134,15 @@ def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, d
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
+def perceiver_attention(latents, x, pos, ln_latents_w, ln_latents_b, ln_x_w, ln_x_b, w_q, w_kv,
+                        w_out, heads=1, eps=1e-5):
+    # fp32 compute for every input dtype, as the spatial perceiver: converted on the way in and out.
+    out = _ops.perceiver_attention(_f32(latents), _f32(x), _f32(pos), _f32(ln_latents_w),
+                                   _f32(ln_latents_b), _f32(ln_x_w), _f32(ln_x_b), _f32(w_q),
+                                   _f32(w_kv), _f32(w_out), int(heads), float(eps))
+    return out if latents.dtype == torch.float32 else out.to(latents.dtype)
+
+
 def _f32(t):
     # No detach: the op runs below autograd (the public op differentiates through the
     # reference), and the raw kernel only reads the data.
@@ -163,8 +177,8 @@ def _detail() -> str:
 BACKEND = Backend(
     name="cpu",
     device_types=("cpu",),
-    kernels=({"rope_attention": rope_attention, "spatial_perceiver": spatial_perceiver}
-             if _ops is not None else {}),
+    kernels=({"rope_attention": rope_attention, "perceiver_attention": perceiver_attention,
+              "spatial_perceiver": spatial_perceiver} if _ops is not None else {}),
     unavailable=lambda: _ERROR,
     supports=supports,
     detail=_detail,

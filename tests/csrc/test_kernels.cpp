@@ -1,7 +1,8 @@
 // Torch-free test of the CPU kernels on every ISA path this CPU supports: RoPE attention against
-// a naive double-precision reference (fp32, bf16 and fp16 inputs / compute), and the spatial
-// perceiver of each SIMD path against the scalar path. Built natively and cross-built for
-// aarch64 (run under qemu) by tests/test_cpu_aarch64.py.
+// a naive double-precision reference (fp32, bf16 and fp16 inputs / compute), the perceiver
+// cross-attention block against one too, and the spatial perceiver of each SIMD path against
+// the scalar path. Built natively and cross-built for aarch64 (run under qemu) by
+// tests/test_cpu_aarch64.py.
 //
 //   test_kernels [--expect-best ISA] [--expect-supported ISA,...]
 #include <cmath>
@@ -204,6 +205,95 @@ std::vector<double> run_perceiver(int isa, int64_t heads) {
   return std::vector<double>(out.begin(), out.end());
 }
 
+// One perceiver cross-attention block (perceiver_attention): every path against a naive
+// double-precision reference. Output poisoned with NaN: an unwritten element fails.
+struct BlockCase {
+  const char* name;
+  int64_t B, L, N, C, inner, heads;
+  int pos;  // 0 none, 1 per batch element, 2 shared
+};
+
+void layer_norm(const float* x, int64_t C, const float* w, const float* b, double* y) {
+  double mean = 0, var = 0;
+  for (int64_t c = 0; c < C; ++c) mean += x[c];
+  mean /= double(C);
+  for (int64_t c = 0; c < C; ++c) var += (x[c] - mean) * (x[c] - mean);
+  const double rstd = 1.0 / std::sqrt(var / double(C) + 1e-5);
+  for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - mean) * rstd * w[c] + b[c];
+}
+
+void test_block(int isa, const BlockCase& c) {
+  const int64_t B = c.B, L = c.L, N = c.N, C = c.C, I = c.inner, dh = I / c.heads;
+  std::mt19937 gen(11);
+  std::normal_distribution<float> nd;
+  auto fill = [&](int64_t n, float s, float off) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (auto& e : x) e = off + s * nd(gen);
+    return x;
+  };
+  const std::vector<float> lat = fill(B * L * C, 1, 0), x = fill(B * N * C, 1, 0),
+                           pos = fill((c.pos == 1 ? B : 1) * N * I, 1, 0),
+                           lw = fill(C, 0.1f, 1), lb = fill(C, 0.1f, 0), xw = fill(C, 0.1f, 1),
+                           xb = fill(C, 0.1f, 0), wq = fill(I * C, 1 / std::sqrt(float(C)), 0),
+                           wkv = fill(2 * I * C, 1 / std::sqrt(float(C)), 0),
+                           wo = fill(C * I, 1 / std::sqrt(float(I)), 0);
+  std::vector<float> out32(static_cast<size_t>(B * L * C), NAN);
+  PerceiverAttnArgs a{};
+  a.latents = lat.data(); a.x = x.data(); a.pos = c.pos ? pos.data() : nullptr;
+  a.pos_bstride = c.pos == 1 ? N * I : 0;
+  a.ln_lat_w = lw.data(); a.ln_lat_b = lb.data(); a.ln_x_w = xw.data(); a.ln_x_b = xb.data();
+  a.w_q = wq.data(); a.w_kv = wkv.data(); a.w_out = wo.data();
+  a.B = B; a.L = L; a.N = N; a.C = C; a.inner = I; a.heads = c.heads; a.eps = 1e-5f;
+  a.out = out32.data();
+  set_isa(isa);
+  perceiver_attention(a, kPar);
+
+  std::vector<double> ref(out32.size()), ln(static_cast<size_t>(C)), q(static_cast<size_t>(I)),
+      kv(static_cast<size_t>(N * 2 * I)), o(static_cast<size_t>(I)), p(static_cast<size_t>(N));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t n = 0; n < N; ++n) {
+      layer_norm(x.data() + (b * N + n) * C, C, xw.data(), xb.data(), ln.data());
+      for (int64_t r = 0; r < 2 * I; ++r) {
+        double s = 0;
+        for (int64_t ch = 0; ch < C; ++ch) s += wkv[r * C + ch] * ln[ch];
+        if (c.pos) s += pos[((c.pos == 1 ? b : 0) * N + n) * I + r % I];
+        kv[n * 2 * I + r] = s;
+      }
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      layer_norm(lat.data() + (b * L + l) * C, C, lw.data(), lb.data(), ln.data());
+      for (int64_t r = 0; r < I; ++r) {
+        double s = 0;
+        for (int64_t ch = 0; ch < C; ++ch) s += wq[r * C + ch] * ln[ch];
+        q[r] = s;
+      }
+      for (int64_t h = 0; h < c.heads; ++h) {
+        double m = -INFINITY, sum = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          double s = 0;
+          for (int64_t d = 0; d < dh; ++d) s += q[h * dh + d] * kv[n * 2 * I + h * dh + d];
+          p[n] = s / std::sqrt(double(dh));
+          m = p[n] > m ? p[n] : m;
+        }
+        for (int64_t n = 0; n < N; ++n) sum += (p[n] = std::exp(p[n] - m));
+        for (int64_t d = 0; d < dh; ++d) {
+          double s = 0;
+          for (int64_t n = 0; n < N; ++n) s += p[n] * kv[n * 2 * I + I + h * dh + d];
+          o[h * dh + d] = s / sum;
+        }
+      }
+      for (int64_t ch = 0; ch < C; ++ch) {
+        double s = 0;
+        for (int64_t r = 0; r < I; ++r) s += wo[ch * I + r] * o[r];
+        ref[(b * L + l) * C + ch] = s;
+      }
+    }
+  }
+  char what[120];
+  std::snprintf(what, sizeof what, "perceiver_attention %-11s %s", isa_name(isa), c.name);
+  report(what, rel_l2(std::vector<double>(out32.begin(), out32.end()), ref), 1e-5);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -230,8 +320,14 @@ int main(int argc, char** argv) {
       {"cross_d256", 1, 1, 4, 4, 256, 256, 3, 4, 4, 16, 9},
       {"ptrs_only", 1, 2, 3, 3, 16, 8, 0, 1, 1, 0, 13},
   };
+  const BlockCase blocks[] = {
+      {"b2_l70_n300_c32_heads2", 2, 70, 300, 32, 32, 2, 1},
+      {"b1_l7_n33_c24_inner36_heads3", 1, 7, 33, 24, 36, 3, 2},
+      {"b3_l1_n1_c16", 3, 1, 1, 16, 16, 1, 0},
+  };
   for (int isa = 0; isa < kIsaCount; ++isa) {
     if (!isa_supported(isa)) continue;
+    for (const auto& c : blocks) test_block(isa, c);
     for (const auto& c : cases) {
       test_attention(isa, c, kF32, kComputeF32);
       test_attention(isa, c, kF32, kComputeBF16);
