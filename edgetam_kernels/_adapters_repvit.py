@@ -198,24 +198,28 @@ def _approximate(act) -> str:
 _CONV_POINTWISE = None
 
 
+def _probe_conv_pointwise() -> bool:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    w1, w2 = torch.randn(16, 8, 1, 1, generator=g), torch.randn(8, 16, 1, 1, generator=g)
+    b1, b2 = torch.randn(16, generator=g), torch.randn(8, generator=g)
+    want = x + F.conv2d(F.gelu(F.conv2d(x, w1, b1)), w2, b2)
+    one, pad = [1, 1], [0, 0]
+    y = torch.ops.mkldnn._convolution_pointwise(x, w1, b1, pad, one, one, 1, "gelu", [], "none")
+    got = torch.ops.mkldnn._convolution_pointwise.binary(y, x, w2, b2, pad, one, one, 1, "add",
+                                                         1.0, None, [], None)
+    return bool(torch.allclose(got, want, rtol=1e-5, atol=1e-5))
+
+
 def _conv_pointwise_works() -> bool:
     """Whether this torch has oneDNN's fused-conv ops and they agree with the plain ops (probed
-    once per process on a tiny input: builds without oneDNN, or where a post-op is not
-    implemented, keep the plain path)."""
+    once per process on a tiny input, in plain fp32 whatever the caller's autocast: builds
+    without oneDNN, or where a post-op is not implemented, keep the plain path)."""
     global _CONV_POINTWISE
     if _CONV_POINTWISE is None:
         try:
-            g = torch.Generator().manual_seed(0)
-            x = torch.randn(1, 8, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
-            w1, w2 = torch.randn(16, 8, 1, 1, generator=g), torch.randn(8, 16, 1, 1, generator=g)
-            b1, b2 = torch.randn(16, generator=g), torch.randn(8, generator=g)
-            want = x + F.conv2d(F.gelu(F.conv2d(x, w1, b1)), w2, b2)
-            one, pad = [1, 1], [0, 0]
-            y = torch.ops.mkldnn._convolution_pointwise(x, w1, b1, pad, one, one, 1, "gelu", [],
-                                                        "none")
-            got = torch.ops.mkldnn._convolution_pointwise.binary(
-                y, x, w2, b2, pad, one, one, 1, "add", 1.0, None, [], None)
-            _CONV_POINTWISE = bool(torch.allclose(got, want, rtol=1e-5, atol=1e-5))
+            with torch.autocast("cpu", enabled=False), torch.no_grad():
+                _CONV_POINTWISE = _probe_conv_pointwise()
         except Exception:  # noqa: BLE001  (any failure: no fused path)
             _CONV_POINTWISE = False
     return _CONV_POINTWISE
@@ -240,10 +244,12 @@ def _conv_weights(state: dict, slot: str, m):
 def _onednn_mlp(state: dict, mlp, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
     """conv2(gelu(conv1(x))) (+ residual) as two oneDNN convolutions with fused post-ops, or
     None where that path does not apply (not a CPU fp32 channels-last tensor, gradients,
-    torch.compile, hooks, no oneDNN). Same operations in the same order as the plain path."""
+    torch.compile, CPU autocast (the plain convs follow it), hooks, no oneDNN). Same
+    operations in the same order as the plain path."""
     act = _activation(mlp)
     if (act is None or x.device.type != "cpu" or x.dtype != torch.float32 or not _nhwc(x)
-            or torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad)
+            or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu")
+            or (torch.is_grad_enabled() and x.requires_grad)
             or mlp._forward_hooks or mlp._forward_pre_hooks or not _conv_pointwise_works()):
         return None
     first = _conv_weights(state, "conv1", mlp.conv1)

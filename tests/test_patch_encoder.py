@@ -326,3 +326,22 @@ def test_onednn_post_ops_match_the_plain_path(monkeypatch):
         plain = _run(trunk, x)
     for f, p in zip(fused, plain):
         assert rel_l2(f, p) < 1e-6
+
+
+def test_onednn_post_ops_step_aside_for_autocast(monkeypatch):
+    """Under CPU autocast the plain path runs, so the convs follow autocast as unpatched ones
+    do; the once-per-process probe, first run under autocast, still sees the fp32 ops."""
+    from edgetam_kernels import _adapters_repvit as R
+
+    outside = R._probe_conv_pointwise()
+    monkeypatch.setattr(R, "_CONV_POINTWISE", None)
+    trunk = _timm_trunk(seed=4)
+    x = _image(128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert R._conv_pointwise_works() == outside
+        plain = _run(trunk, x)
+        ek.patch(trunk)
+        fused = _run(trunk, x)
+    for f, p in zip(fused, plain):
+        assert f.dtype == p.dtype
+        assert rel_l2(f, p) < 2e-2  # both in bf16: the fold rounds differently
