@@ -147,17 +147,18 @@ def _meta_plan(model) -> Optional[tuple]:
     n = len(neck.convs) - 1
     if n < 2 or n + 1 - enc.scalp < 3 or {0, 1} & set(neck.fpn_top_down_levels):
         return None
-    laterals = []
+    laterals, wrappers = [], []
     for level in (0, 1):
         seq = neck.convs[n - level]
         conv = getattr(seq, "conv", None)
         if not (isinstance(seq, nn.Sequential) and len(seq) == 1 and _pointwise(conv)):
             return None
         laterals.append(conv)
+        wrappers.append(seq)
     heads = (getattr(dec, "conv_s0", None), getattr(dec, "conv_s1", None))
     if not all(_pointwise(h) for h in heads):
         return None
-    if not _untouched(enc, neck, *laterals, *heads):
+    if not _untouched(enc, neck, *wrappers, *laterals, *heads):
         return None
     return laterals, heads
 
