@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgetam_kernels.derived import DerivedCache, table
+
 from .common import sine_position_encoding
 from .repvit import Trunk
 
@@ -67,14 +69,10 @@ class ImageEncoder(nn.Module):
         c, h, w = self.neck.d_model, f.shape[2], f.shape[3]
         if torch.compiler.is_compiling():
             return sine_position_encoding(c, h, w, f.device).to(f.dtype)
-        tables = self.__dict__.setdefault("_pos_tables", {})  # not state: rebuilt on demand
-        key = (c, h, w, f.device, f.dtype)
-        hit = tables.get(key)
-        if hit is None or hit[0]._version != hit[1]:
-            with torch.inference_mode(False), torch.no_grad():  # normal tensors: versioned
-                table = sine_position_encoding(c, h, w, f.device).to(f.dtype)
-            hit = tables[key] = (table, table._version)
-        return hit[0]
+        # not module state: a copy or a pickle of the model starts with an empty cache
+        tables = self.__dict__.setdefault("_pos_tables", DerivedCache())
+        return table(tables, (c, h, w, f.device, f.dtype),
+                     lambda: sine_position_encoding(c, h, w, f.device).to(f.dtype))
 
     def fold_heads_(self, conv_s0: nn.Conv2d, conv_s1: nn.Conv2d) -> None:
         """Fold the mask decoder's 1x1 convs on levels 0 and 1 into the neck's lateral 1x1

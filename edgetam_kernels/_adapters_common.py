@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
+from .derived import cached  # noqa: F401  (the adapters' one cache rule)
 from .reparam import fold_value_into_output
 
 
@@ -174,39 +175,6 @@ def common_eps(norms) -> float:
     """The one eps of these LayerNorms (the perceiver op takes one), NaN if they differ."""
     eps = {n.eps for n in norms}
     return eps.pop() if len(eps) == 1 else float("nan")
-
-
-def _version(t: Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors keep no version counter (and cannot change)
-        return -1
-
-
-def _key(tensors) -> tuple:
-    return tuple(None if t is None else (t.data_ptr(), _version(t), t.dtype, t.device)
-                 for t in tensors)
-
-
-def cached(store: Optional[dict], slot, sources: Sequence[Optional[Tensor]], compute,
-           extra: tuple = ()):
-    """compute()'s result (weights derived from `sources`: folded, merged, converted), kept in
-    `store[slot]` (a patch state, or a module's own dict) until a source tensor is replaced or
-    changed in place. Computed on every call, and differentiably, without a store, under
-    torch.compile (traced into the graph: no pointer checks to guard on) and when gradients
-    for a source are wanted."""
-    if (store is None or torch.compiler.is_compiling()
-            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                for t in sources))):
-        return compute()
-    key = _key(sources) + tuple(extra)
-    hit = store.get(slot)
-    if hit is None or hit[0] != key:
-        # normal (not inference) tensors: usable later outside inference_mode too
-        with torch.inference_mode(False), torch.no_grad():
-            hit = (key, compute())
-        store[slot] = hit
-    return hit[1]
 
 
 def folds_value(p: Projections, value_dim: int) -> bool:

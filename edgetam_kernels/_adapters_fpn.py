@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._adapters_common import cached
+from .derived import cached, table
 from .patch import _class_key, register_adapter
 from .reparam import compose_linear
 
@@ -50,20 +50,6 @@ _HF_NECK = "transformers.models.edgetam.modeling_edgetam.EdgeTamVisionNeck"
 # ---------------------------------------------------------------------------------------------
 
 
-def _table(state: dict, key: tuple, build):
-    """build()'s tensor for `key`, kept in the patch state while nobody edits it in place."""
-    tables = state.setdefault("tables", {})
-    hit = tables.get(key)
-    if hit is not None and hit[0]._version == hit[1]:
-        return hit[0]
-    # a normal tensor (not an inference one): it has a version counter, and works outside
-    # inference_mode later
-    with torch.inference_mode(False), torch.no_grad():
-        table = build()
-    tables[key] = (table, table._version)
-    return table
-
-
 @register_adapter(_META_SINE, _OPTION)
 def _meta_sine(module, state, original):
     def forward(self, x):
@@ -72,8 +58,8 @@ def _meta_sine(module, state, original):
             return original(x)
         key = (h, w, x.device, self.num_pos_feats, self.temperature, self.normalize, self.scale)
         probe = lambda: torch.empty((1, 1, h, w), device=x.device)  # noqa: E731
-        table = _table(state, key, lambda: original(probe())[0].contiguous())
-        return table[None] if b == 1 else table[None].expand(b, -1, -1, -1).contiguous()
+        one = table(state, key, lambda: original(probe())[0].contiguous())
+        return one[None] if b == 1 else one[None].expand(b, -1, -1, -1).contiguous()
 
     return forward
 
@@ -84,7 +70,7 @@ def _hf_sine(module, state, original):
             return original(shape, device, dtype, mask)
         key = (tuple(shape), torch.device(device), dtype, self.num_position_features,
                self.normalize, self.scale, self.temperature)
-        return _table(state, key, lambda: original(shape, device, dtype).clone())
+        return table(state, key, lambda: original(shape, device, dtype).clone())
 
     return forward
 

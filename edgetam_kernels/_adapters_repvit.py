@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._adapters_common import cached
+from .derived import cached
 from .patch import _class_key, register_adapter
 from .reparam import fold_batchnorm, fold_batchnorm_into_linear, merge_dw_branches, work_dtype
 

@@ -6,7 +6,9 @@
 # path is forced with EDGETAM_KERNELS_CPU_ISA=neon instead.
 #
 #   scripts/aarch64_torch_parity.sh [WORKDIR]      (default build/aarch64; about 15 minutes)
-#   PYTEST_ARGS="-k ..." to choose tests (default: a subset that fits qemu's speed)
+#   PYTEST_K="expr"    the -k expression (default: a subset that fits qemu's speed)
+#   PYTEST_ARGS="..."  more pytest arguments (split on spaces), e.g. "-x --durations 10"
+#   ISAS="auto neon"   which dispatch choices to run (auto = best the emulated CPU has)
 #
 # Needs: apt-get install -y --no-install-recommends g++-aarch64-linux-gnu qemu-user-static,
 # network access to the Debian archive and PyPI.
@@ -72,9 +74,10 @@ run() {
   EDGETAM_KERNELS_CPU_ISA=${1:-} PYTHONPATH="$PKG:$SITE" QEMU_CPU=max \
     qemu-aarch64-static -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" -m pytest -q -p no:cacheprovider \
     --rootdir "$PKG" -c /dev/null tests/test_cpu_attention.py tests/test_cpu_perceiver.py \
-    tests/test_cpu_perceiver_attention.py ${PYTEST_ARGS:--k "$DEFAULT_K"}
+    tests/test_cpu_perceiver_attention.py -k "${PYTEST_K:-$DEFAULT_K}" ${PYTEST_ARGS:-}
 }
 PYTHONPATH="$PKG:$SITE" QEMU_CPU=max qemu-aarch64-static -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" -c \
   "import torch, edgetam_kernels as ek; from edgetam_kernels import cpu; print('torch', torch.__version__, 'isa', cpu.isa(), cpu.available_isas()); print(ek.backends()['cpu'])"
-run ""
-run neon
+for isa in ${ISAS:-auto neon}; do
+  if [ "$isa" = auto ]; then run ""; else run "$isa"; fi
+done
