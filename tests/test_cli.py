@@ -26,10 +26,13 @@ def test_bench_quick_writes_table_and_json(tmp_path):
     r = _run("bench", "--quick", "--no-compile", "--reps", "1", "--only", "perceiver",
              "--json", str(out))
     assert r.returncode == 0, r.stderr
-    assert "| spatial_perceiver" in r.stdout
+    assert "| spatial_perceiver" in r.stdout and "| perceiver_attention" in r.stdout
     data = json.loads(out.read_text())
     providers = {row["provider"] for row in data["rows"]}
     assert "reference" in providers
+    block = [row for row in data["rows"] if row["case"].startswith("perceiver_attention")]
+    assert {"reference", "cpu"} <= {row["provider"] for row in block}
+    assert all(row["x_vs_sdpa"] > 0 for row in block)  # against LN + linear + SDPA + linear
     assert all(row["median_ms"] > 0 and row["gflops"] > 0 for row in data["rows"])
     assert data["ceilings"]["matmul_gflops"] > 0
 
