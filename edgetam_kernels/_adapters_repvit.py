@@ -25,6 +25,7 @@ them), so the result is never silently different from the host's.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -314,14 +315,12 @@ def _downsample_head(self, x):
     return self.channel_downsample(self.spatial_downsample(self.pre_block(x)))
 
 
-register_adapter(f"{_TIMM}.RepViTBlock", _OPTION)(
-    lambda m, s, o: _residual_mlp(m, s, o, _block_head, "channel_mixer"))
-register_adapter(f"{_OURS}.Block", _OPTION)(
-    lambda m, s, o: _residual_mlp(m, s, o, _block_head, "channel_mixer"))
-register_adapter(f"{_TIMM}.RepVitDownsample", _OPTION)(
-    lambda m, s, o: _residual_mlp(m, s, o, _downsample_head, "ffn"))
-register_adapter(f"{_OURS}.Downsample", _OPTION)(
-    lambda m, s, o: _residual_mlp(m, s, o, _downsample_head, "ffn"))
+_block = functools.partial(_residual_mlp, head=_block_head, mlp_name="channel_mixer")
+_downsample = functools.partial(_residual_mlp, head=_downsample_head, mlp_name="ffn")
+register_adapter(f"{_TIMM}.RepViTBlock", _OPTION)(_block)
+register_adapter(f"{_OURS}.Block", _OPTION)(_block)
+register_adapter(f"{_TIMM}.RepVitDownsample", _OPTION)(_downsample)
+register_adapter(f"{_OURS}.Downsample", _OPTION)(_downsample)
 
 
 # ---------------------------------------------------------------------------------------------
