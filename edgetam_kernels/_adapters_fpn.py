@@ -34,6 +34,7 @@ from torch import nn
 
 from .derived import cached, table
 from .patch import _class_key, register_adapter
+from ._adapters_repvit import trunk_layout_kept
 from .reparam import compose_linear
 
 _OPTION = "fuse_encoder"
@@ -109,6 +110,17 @@ def _folded(state: dict, level: int, lateral: nn.Conv2d, head: nn.Conv2d):
     return cached(state, ("fpn", level), sources, compose)
 
 
+def _run_trunk(trunk, x):
+    """The trunk's features: channels-last where the patched trunk computes them so (CPU), as
+    the 1 x 1 convs below read that layout without reorders (the maps they make are handed
+    back contiguous, as the hosts' are). At 1024 the image features took 216 -> 204 ms (Meta)
+    and 242 -> 206 ms (HF) with it (2 threads, min of 12 interleaved calls)."""
+    if torch.compiler.is_compiling():
+        return trunk(x)
+    with trunk_layout_kept():
+        return trunk(x)
+
+
 def _top_down(prev: torch.Tensor, lateral: torch.Tensor, mode: str,
               cast: bool) -> torch.Tensor:
     """lateral + 2x upsampled prev, upsampled in fp32 as both hosts do; HF casts the upsampled
@@ -160,7 +172,7 @@ def _meta_forward_image(model, state, original):
         (lat0, lat1), (s0, s1) = plan
         enc = self.image_encoder
         neck = enc.neck
-        xs = enc.trunk(img_batch)
+        xs = _run_trunk(enc.trunk, img_batch)
         n = len(neck.convs) - 1
         keep = n + 1 - enc.scalp  # levels 0 .. keep - 1 are returned
         out, pos = [None] * (n + 1), [None] * (n + 1)
@@ -181,7 +193,7 @@ def _meta_forward_image(model, state, original):
             out[i] = x_out
             if i < keep:
                 pos[i] = neck.position_encoding(x_out).to(x_out.dtype)
-        out, pos = out[:keep], pos[:keep]
+        out, pos = [o.contiguous() for o in out[:keep]], pos[:keep]
         return {"vision_features": out[-1], "vision_pos_enc": pos, "backbone_fpn": out}
 
     return forward_image
@@ -229,7 +241,7 @@ def _hf_get_image_features(model, state, original):
         laterals, heads, output_cls = plan
         ve = self.vision_encoder
         neck = ve.neck
-        backbone_output = ve.backbone(pixel_values)
+        backbone_output = _run_trunk(ve.backbone, pixel_values)
         xs = backbone_output.last_hidden_state  # (B, C, H, W) per level
         n = len(neck.convs) - 1
         keep = ve.num_feature_levels
@@ -248,7 +260,7 @@ def _hf_get_image_features(model, state, original):
                 else:
                     prev = _top_down(prev, lateral, "nearest", cast=True)
                 x_out, shape = prev, prev.shape
-            maps.append(x_out)
+            maps.append(x_out.contiguous())
             pos.append(None if i >= keep else
                        neck.position_encoding(shape, x_out.device, x_out.dtype).to(x_out.dtype))
         maps, pos = maps[-keep:][::-1], pos[-keep:][::-1]

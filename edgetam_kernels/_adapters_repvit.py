@@ -12,7 +12,8 @@ same blocks in `edgetam/repvit.py`. Patched here, for both families of classes:
   runs on the NHWC view (oneDNN's kernel, as for the NCHW original; see `_gelu`).
 - The network itself (FeatureListNet holding a RepViT, timm's RepVit, our RepViT): on CPU the
   input is made channels-last, so every conv runs on NHWC (oneDNN's native layout: no reorders
-  per conv); outputs are handed back contiguous, as the host code expects.
+  per conv); outputs are handed back contiguous, as the host code expects (except to the FPN
+  fold of `_adapters_fpn`, inside `trunk_layout_kept()`).
 
 The math is `edgetam_kernels.reparam` (shared with `edgetam.repvit.fuse_`). The module's own
 parameters are never touched: the fused weights live in the patch state (not in the state
@@ -25,6 +26,8 @@ them), so the result is never silently different from the host's.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Optional
 
@@ -360,14 +363,32 @@ def _contiguous(out):
     return out
 
 
+# True while a caller that reads the trunk's outputs as they are (the FPN fold in
+# `_adapters_fpn`, whose 1 x 1 convs are faster on channels-last) runs the trunk
+_KEEP_LAYOUT = contextvars.ContextVar("edgetam_kernels_keep_trunk_layout", default=False)
+
+
+@contextlib.contextmanager
+def trunk_layout_kept():
+    """Within this block a patched trunk hands back its channels-last outputs as they are
+    (same shapes and values) instead of contiguous copies. Not for use under torch.compile."""
+    token = _KEEP_LAYOUT.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_LAYOUT.reset(token)
+
+
 def _channels_last(module, state, original):
     def forward(self, x, *args, **kwargs):
         if (self.training or not isinstance(x, torch.Tensor) or x.dim() != 4
                 or x.device.type not in CHANNELS_LAST_DEVICES
                 or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
             return original(x, *args, **kwargs)  # where the fused layers fall back too
-        return _contiguous(original(x.contiguous(memory_format=torch.channels_last),
-                                    *args, **kwargs))
+        out = original(x.contiguous(memory_format=torch.channels_last), *args, **kwargs)
+        if not torch.compiler.is_compiling() and _KEEP_LAYOUT.get():
+            return out
+        return _contiguous(out)
 
     return forward
 

@@ -108,6 +108,27 @@ def test_the_hosts_own_calls_take_the_fold(case, monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_trunk_layout_kept_inside_the_fold_only(case, monkeypatch):
+    """On CPU the fold reads the trunk's channels-last outputs as they are (no contiguous
+    copies); a direct call of the trunk still gets contiguous ones."""
+    from edgetam_kernels import _adapters_repvit
+
+    kind, model, x, (maps0, _), _ = case
+    patched = _patched(kind, model)
+    nets = [m for m in patched.modules() if type(m).__name__ == "FeatureListNet"]
+    assert len(nets) == 1 and "forward" in nets[0].__dict__  # HF calls .forward() directly
+    copies = []
+    real = _adapters_repvit._contiguous
+    monkeypatch.setattr(_adapters_repvit, "_contiguous", lambda out: copies.append(1) or real(out))
+    maps = _features(kind, patched, x)[0]
+    assert copies == []
+    for got, plain in zip(maps, maps0):  # the hosts' layout (HF's: views of NCHW maps)
+        assert got.shape == plain.shape and got.stride() == plain.stride()
+    with torch.no_grad():
+        direct = nets[0].forward(x)
+    assert copies and all(t.is_contiguous() for t in direct)
+
+
 def test_a_wrong_fold_fails(case, monkeypatch):
     """The comparison above can fail: the fold without the lateral conv's bias is off by far
     more than the bound (the conv biases are nonzero)."""
