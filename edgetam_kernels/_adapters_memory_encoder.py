@@ -399,13 +399,14 @@ def _wide(t: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
     return None if t is None else t.detach().to(work_dtype(like))
 
 
-def _fold_block(b: _Block) -> tuple:
-    """(W1', b1', W2'^T, b2') with the LayerNorm affine in pw1 and gamma in pw2."""
+def _fold_block_wide(b: _Block) -> tuple:
+    """(W1', b1', W2', b2') in the work dtype, with the LayerNorm affine in pw1 and gamma in
+    pw2: pw1(w * n + c) = (W1 diag(w)) n + (b1 + W1 c); gamma (W2 h + b2) = (diag(gamma) W2) h
+    + gamma b2."""
     w1 = b.pw1.weight
-    dt = w1.dtype
     W1, B1 = _wide(w1, w1), _wide(b.pw1.bias, w1)
     if B1 is None:
-        B1 = torch.zeros(W1.shape[0], dtype=W1.dtype)
+        B1 = torch.zeros(W1.shape[0], dtype=W1.dtype, device=W1.device)
     lw, lb = _wide(b.norm.weight, w1), _wide(b.norm.bias, w1)
     if lb is not None:
         B1 = B1 + W1 @ lb
@@ -413,11 +414,31 @@ def _fold_block(b: _Block) -> tuple:
         W1 = W1 * lw[None, :]
     W2, B2 = _wide(b.pw2.weight, w1), _wide(b.pw2.bias, w1)
     if B2 is None:
-        B2 = torch.zeros(W2.shape[0], dtype=W2.dtype)
+        B2 = torch.zeros(W2.shape[0], dtype=W2.dtype, device=W2.device)
     g = _wide(b.gamma, w1)
     if g is not None:
         W2, B2 = W2 * g[:, None], B2 * g
-    return (W1.to(dt), B1.to(dt), W2.to(dt).t().contiguous(), B2.to(dt))
+    return W1, B1, W2, B2
+
+
+def _fold_block(b: _Block) -> tuple:
+    """(W1', b1', W2', b2') of `_fold_block_wide`, rounded once to the weights' dtype."""
+    dt = b.pw1.weight.dtype
+    return tuple(t.to(dt) for t in _fold_block_wide(b))
+
+
+def _fold_last_block(b: _Block, out_proj: nn.Conv2d) -> tuple:
+    """The last block with the encoder's out_proj (1x1, W_o, b_o) after it: W_o (x + W2' h +
+    b2') + b_o = W_o x + (W_o W2') h + (W_o b2' + b_o). (W1', b1', W_o W2', W_o b2' + b_o):
+    the second GEMM makes 64 channels instead of 256 (at 64 x 64 about 1.6 of the encoder's
+    10 GFLOP less), and the block's 256-channel output is never made."""
+    W1, B1, W2, B2 = _fold_block_wide(b)
+    wo = _wide(_weight2d(out_proj), W2)
+    wc, bc = wo @ W2, wo @ B2
+    if out_proj.bias is not None:
+        bc = bc + _wide(out_proj.bias, W2)
+    dt = b.pw1.weight.dtype
+    return W1.to(dt), B1.to(dt), wc.to(dt), bc.to(dt)
 
 
 def _sum_bias(*biases) -> Optional[Tensor]:
@@ -497,28 +518,42 @@ def _weight2d(conv: nn.Conv2d) -> Tensor:
     return conv.weight.view(conv.out_channels, conv.in_channels)
 
 
-def _block_nhwc(b: _Block, folded: tuple, x: Tensor) -> Tensor:
-    """One ConvNeXt block on an NHWC tensor: x + gamma * pw2(gelu(pw1(LN(dwconv(x)))))."""
-    w1, b1, w2t, b2 = folded
+def _block_nhwc(b: _Block, folded: tuple, x: Tensor,
+                out_proj: Optional[nn.Conv2d] = None) -> Tensor:
+    """One ConvNeXt block on an NHWC tensor: x + gamma * pw2(gelu(pw1(LN(dwconv(x))))), the
+    MLP in row chunks, the residual added by the second GEMM. With `out_proj` (and `folded`
+    from `_fold_last_block`): out_proj of that, as NHWC rows of its channels."""
+    w1, b1, w2, b2 = folded
     y = _conv_nhwc(b.dwconv, _cl(x))
     y = _rows(F.layer_norm(y, y.shape[-1:], None, None, b.norm.eps))  # affine is in w1, b1
     xr = _rows(x)
-    out = torch.empty_like(xr)
     n = xr.shape[0]
+    out = xr.new_empty(n, w2.shape[0])
+    wo = None if out_proj is None else _weight2d(out_proj).t()
     for start in range(0, n, _MLP_ROWS):
         stop = min(start + _MLP_ROWS, n)
         h = F.linear(y[start:stop], w1, b1)
         _gelu_(h, approximate=b.approximate)
         o = out[start:stop]
-        torch.add(xr[start:stop], b2, out=o)
-        o.addmm_(h, w2t)
-    return out.view(x.shape)
+        if wo is None:
+            torch.add(xr[start:stop], b2, out=o)
+        else:
+            torch.addmm(b2, xr[start:stop], wo, out=o)
+        o.addmm_(h, w2.t())
+    return out.view(*x.shape[:-1], w2.shape[0])
 
 
-def _fuser_nhwc(state: dict, f: _Fuser, x: Tensor) -> Tensor:
+def _fuser_nhwc(state: dict, f: _Fuser, x: Tensor,
+                out_proj: Optional[nn.Conv2d] = None) -> Tensor:
+    """The fuser on an NHWC tensor; with `out_proj`, out_proj of its output (NHWC)."""
     if f.proj is not None:
         x = F.linear(x, _weight2d(f.proj), f.proj.bias)
+    last = len(f.blocks) - 1
     for i, b in enumerate(f.blocks):
+        if i == last and out_proj is not None:
+            folded = cached(state, ("last", i), _sources(b) + (out_proj.weight, out_proj.bias),
+                            lambda b=b: _fold_last_block(b, out_proj), (b.norm.eps,))
+            return _block_nhwc(b, folded, x, out_proj)
         folded = cached(state, ("block", i), _sources(b), lambda b=b: _fold_block(b),
                         (b.norm.eps,))
         x = _block_nhwc(b, folded, x)
@@ -555,8 +590,8 @@ def _encode(state: dict, e: _Encoder, pix: Tensor, masks: Tensor) -> Tensor:
     cin = e.proj.in_channels
     for i in range(bsz):  # + pix_feat_proj(pix), the GEMM reading pix transposed
         x[i * h * w:(i + 1) * h * w].addmm_(pix[i].reshape(cin, h * w).t(), wp)
-    x = _fuser_nhwc(state, e.fuser, x.view(bsz, h, w, c))
-    return _nhwc_to_nchw(x, e.out_proj)
+    x = _fuser_nhwc(state, e.fuser, x.view(bsz, h, w, c), e.out_proj)
+    return _cl(x).contiguous()  # (B, 64, h, w): a 1 MB transposition at 64 x 64
 
 
 # ---------------------------------------------------------------------------------------------

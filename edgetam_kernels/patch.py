@@ -230,8 +230,9 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
         found = sorted({_class_key(m) for m in obj.modules()})[:12]
         raise TypeError(
             f"patch() found nothing to patch in {type(obj).__name__}: none of its modules is an "
-            f"EdgeTAM perceiver, RoPE attention or RepViT encoder this library knows (or "
-            f"fuse_encoder=False left the encoder). Modules found: {found}"
+            f"EdgeTAM perceiver, RoPE attention, RepViT encoder or memory encoder this library "
+            f"knows (or fuse_encoder=False left the encoder, fuse_memory_encoder=False the "
+            f"memory encoder). Modules found: {found}"
         )
     return obj
 
