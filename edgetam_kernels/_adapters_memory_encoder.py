@@ -62,9 +62,11 @@ _HF_LN = f"{_HF}.EdgeTamVideoLayerNorm"
 _HF_GELU = "transformers.activations.GELUActivation"
 _META_DROP_PATH = "sam2.modeling.sam2_utils.DropPath"
 
-# Rows of the blocks' MLP per chunk: a 512 x 1024 fp32 hidden activation (2 MB) is reused heap
-# memory that stays in cache between the two GEMMs (the whole one is 16 MB at 64 x 64).
-_MLP_ROWS = 512
+# Hidden activation of the blocks' MLP per row chunk: 2 MB (512 rows of 1024 fp32) is reused heap
+# memory that stays in cache between the two GEMMs (the whole one is 16 MB at 64 x 64 and
+# batch 1; from 32 MB on, every fresh buffer would be an mmap faulting its pages in per call).
+# 512 to 4096 rows measured alike on the 2-core machine at batch 1.
+_MLP_CHUNK_BYTES = 2 << 20
 
 _gelu_ = torch.ops.aten.gelu_
 
@@ -530,8 +532,9 @@ def _block_nhwc(b: _Block, folded: tuple, x: Tensor,
     n = xr.shape[0]
     out = xr.new_empty(n, w2.shape[0])
     wo = None if out_proj is None else _weight2d(out_proj).t()
-    for start in range(0, n, _MLP_ROWS):
-        stop = min(start + _MLP_ROWS, n)
+    rows = max(64, _MLP_CHUNK_BYTES // (w1.shape[0] * xr.element_size()))
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
         h = F.linear(y[start:stop], w1, b1)
         _gelu_(h, approximate=b.approximate)
         o = out[start:stop]

@@ -209,6 +209,20 @@ def test_a_wrong_out_proj_fold_fails(monkeypatch):
     assert rel_l2(_run("meta", enc, pix, mask)[0], exact[0]) > 100 * FP32_REL_L2
 
 
+@pytest.mark.parametrize("kind", ["meta", "hf"])
+def test_features_in_the_trackers_layout(kind):
+    """The trackers hand over the features as a permuted view of (HW, B, C) tokens
+    (channels-last memory): read as they are."""
+    enc = _encoder(kind)
+    pix, mask = _inputs(128, batch=2)
+    b, c, h, w = pix.shape
+    tokens = pix.flatten(2).permute(2, 0, 1).contiguous()  # (HW, B, C)
+    view = tokens.permute(1, 2, 0).view(b, c, h, w)
+    exact = _exact(kind, enc, pix, mask)
+    ek.patch(enc)
+    assert rel_l2(_run(kind, enc, view, mask)[0], exact[0]) < FP32_REL_L2
+
+
 def test_skip_mask_sigmoid():
     enc = _encoder("meta")
     pix, mask = _inputs(128)
