@@ -2,8 +2,9 @@
 
 Module: Meta's MemoryEncoder and HF's EdgeTamVideoMemoryEncoder as EdgeTAM configures them,
 random weights, at an image size's shapes (1024: features 1 x 256 x 64 x 64, mask 1 x 1 x 1024 x
-1024; the features, as the trackers pass them, a view of (HW, B, C) tokens). The two variants are deep copies with the same weights; calls alternate A, B, A, B ...
-under torch.inference_mode (as the trackers call it); min and median per call.
+1024; the features, as the trackers pass them, a view of (HW, B, C) tokens). The two variants
+are deep copies with the same weights; calls alternate A, B, A, B ... under
+torch.inference_mode (as the trackers call it); min and median per call.
 
 --track: tracked frames of the whole Meta predictor / HF model (bench/e2e_side_by_side.py's
 tracker: 1 object, a point prompt on frame 0, `--frames` frames propagated per round), patched

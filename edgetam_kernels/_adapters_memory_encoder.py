@@ -297,8 +297,7 @@ def _encoder(m, w: _Walk) -> Optional[_Encoder]:
         return None
     c = fuser.blocks[0].dwconv.in_channels
     proj, out = m._modules.get(names[1]), m._modules.get(names[3])
-    if ds.final.out_channels != c or not _pointwise(proj, proj.in_channels if _conv(proj)
-                                                    else -1, c):
+    if ds.final.out_channels != c or not (_conv(proj) and _pointwise(proj, proj.in_channels, c)):
         return None
     if type(out) is nn.Identity:
         w.add(out)
@@ -356,7 +355,7 @@ def _tensors(*xs) -> bool:
     grad = torch.is_grad_enabled()
     for x in xs:
         if not (isinstance(x, Tensor) and x.device.type == "cpu" and x.dtype == torch.float32
-                and x.dim() == 4 and not (grad and x.requires_grad)):
+                and x.dim() == 4 and x.numel() > 0 and not (grad and x.requires_grad)):
             return False
     return True
 
@@ -602,13 +601,12 @@ def _encode(state: dict, e: _Encoder, pix: Tensor, masks: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check(kind, probe):
+def _check(kind, make):
     """Factory: decline at patch time where the structure differs (nothing to speed up)."""
     def factory(module, state, original):
-        w = _Walk()
-        if kind(module, w) is None:
+        if kind(module, _Walk()) is None:
             return None
-        return probe(module, state, original)
+        return make(module, state, original)
 
     return factory
 
