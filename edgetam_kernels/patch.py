@@ -78,6 +78,7 @@ def _load_adapters() -> None:
     from . import _adapters_edgetam  # noqa: F401
     from . import _adapters_repvit  # noqa: F401
     from . import _adapters_fpn  # noqa: F401
+    from . import _adapters_memory_encoder  # noqa: F401
 
 
 def is_patched(m: nn.Module) -> bool:
@@ -174,7 +175,7 @@ def _unpatch_module(m: nn.Module) -> None:
 
 
 def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = None,
-          fuse_encoder: bool = True):
+          fuse_encoder: bool = True, fuse_memory_encoder: bool = True):
     """Make `obj` (a whole model, a predictor, or a single module) use the fused ops.
 
     Supported: Meta's `sam2` EdgeTAM / SAM 2 / SAM 2.1 models and predictors (their
@@ -205,6 +206,12 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
     parameters and state dict are untouched), recomputed when those change; training mode or
     gradients flowing into the weights run the original forward. False leaves the encoder
     (and switches off an earlier fuse_encoder=True).
+    fuse_memory_encoder: run the memory encoder (Meta's MemoryEncoder, HF's
+    EdgeTamVideoMemoryEncoder, ours; their mask downsampler, fuser and ConvNeXt blocks also when
+    patched alone) channels-last on CPU: one-pass LayerNorms, 1x1 convs as row GEMMs, the
+    blocks' LayerNorm affine and layer scale folded into their Linears (copies, recomputed when
+    the weights change). CPU float32 without gradients, autocast or hooks only; elsewhere the
+    original runs. False leaves it (and switches off an earlier True).
     """
     from ._registry import requested
 
@@ -216,14 +223,16 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
         )
     _load_adapters()
     options = {"backend": backend, "compute_dtype": compute_dtype,
-               "fuse_encoder": bool(fuse_encoder)}
+               "fuse_encoder": bool(fuse_encoder),
+               "fuse_memory_encoder": bool(fuse_memory_encoder)}
     count = sum(_patch_module(m, options) for m in obj.modules())
     if count == 0:
         found = sorted({_class_key(m) for m in obj.modules()})[:12]
         raise TypeError(
             f"patch() found nothing to patch in {type(obj).__name__}: none of its modules is an "
-            f"EdgeTAM perceiver, RoPE attention or RepViT encoder this library knows (or "
-            f"fuse_encoder=False left the encoder). Modules found: {found}"
+            f"EdgeTAM perceiver, RoPE attention, RepViT encoder or memory encoder this library "
+            f"knows (or fuse_encoder=False left the encoder, fuse_memory_encoder=False the "
+            f"memory encoder). Modules found: {found}"
         )
     return obj
 
