@@ -8,8 +8,10 @@ Meta's EdgeTAM video predictor and HF's EdgeTamVideoModel, random weights, fp32,
 object score forced positive (bench/test_e2e.py's setup). Variants (one model per kind and size,
 re-patched between runs):
   unpatched
-  patched:<best>:no-fuse   patch(..., fuse_encoder=False): perceiver + attention only
-  patched:<best>           patch(...) defaults: also the re-parameterised, channels-last encoder
+  patched:<best>:no-fuse   patch(..., fuse_encoder=False, fuse_memory_encoder=False):
+                           perceiver + attention only
+  patched:<best>           patch(...) defaults: also the re-parameterised, channels-last image
+                           encoder and the channels-last memory encoder
 Each round runs every variant once, in an order rotated per round, so a load change on a
 shared machine hits all variants alike; the JSON keeps every round (pytest-benchmark's layout,
 so plot_e2e.py reads it) and min / median over rounds. Tracking: one round = propagate through a
@@ -54,7 +56,8 @@ def apply(model, variant: str):
     ek.unpatch(model)
     if variant != "unpatched":
         parts = variant.split(":")
-        ek.patch(model, backend=parts[1], fuse_encoder="no-fuse" not in parts,
+        fuse = "no-fuse" not in parts
+        ek.patch(model, backend=parts[1], fuse_encoder=fuse, fuse_memory_encoder=fuse,
                  compute_dtype=torch.bfloat16 if "bf16" in parts else None)
     return model
 
