@@ -569,7 +569,7 @@ def _nhwc_to_nchw(x: Tensor, conv: Optional[nn.Conv2d]) -> Tensor:
     if conv is None:
         return _cl(x).contiguous()
     co = conv.out_channels
-    out = torch.empty(bsz, co, h, w, dtype=x.dtype)
+    out = torch.empty(bsz, co, h, w, dtype=x.dtype, device=x.device)
     wt = _weight2d(conv)
     for i in range(bsz):
         xt = x[i].view(h * w, c).t()

@@ -7,7 +7,10 @@ re-parameterised encoder of patch's fuse_encoder=True is tested). Every tracked 
 - mask logits within 1e-3 absolute (and, since random weights give small logits, relative L2
   under 1e-4), binarised masks agreeing on >= 99.9 % of pixels;
 - the same memory features (Meta stores them in bfloat16: equal up to one bf16 rounding step)
-  and object pointers (1e-4 absolute).
+  and object pointers (1e-4 absolute). Where an object's mask had pixels flip sign on a frame
+  (random weights give logits within 1e-8 of zero, so any change of rounding flips a few), that
+  frame's memory is compared at 1e-2: on prompted frames Meta binarises the mask for the memory
+  encoder, so one flipped pixel is a +-20 step in its input (measured: 1.1e-3 from 1 pixel).
 
 CPU budget: the full prompt/object matrix runs at 512; at 1024 one case per model runs in CI,
 the rest is marked slow. The image encoder is computed once per frame and encoder state
@@ -39,6 +42,8 @@ LOGIT_ATOL = 1e-3
 LOGIT_REL_L2 = 1e-4
 MASK_AGREEMENT = 0.999
 PTR_ATOL = 1e-4
+MEMORY_REL_L2 = 1e-3
+MEMORY_REL_L2_FLIPPED = 1e-2  # the object's mask flipped sign somewhere on that frame
 
 
 def prompts(kind: str, n_obj: int, size: int) -> List[dict]:
@@ -100,7 +105,7 @@ def track_hf(model, frames, objects) -> Track:
 
 
 def compare(base: Track, patched: Track, n_obj: int, logit_atol=LOGIT_ATOL,
-            logit_rel=LOGIT_REL_L2, ptr_atol=PTR_ATOL, memory_rel=1e-3,
+            logit_rel=LOGIT_REL_L2, ptr_atol=PTR_ATOL, memory_rel=MEMORY_REL_L2,
             agreement=MASK_AGREEMENT) -> dict:
     """Assert the module docstring's criteria; return the measured worst cases."""
     assert sorted(base.masks) == sorted(patched.masks) == list(range(FRAMES))
@@ -110,7 +115,7 @@ def compare(base: Track, patched: Track, n_obj: int, logit_atol=LOGIT_ATOL,
     assert sorted(base.memory) == sorted(patched.memory)
     assert len(base.memory) == n_obj * FRAMES
     worst = dict(logit_abs=0.0, logit_rel_l2=0.0, agreement=1.0, memory_abs=0.0,
-                 memory_rel_l2=0.0, pointer_abs=0.0)
+                 memory_rel_l2=0.0, memory_rel_l2_flipped=0.0, pointer_abs=0.0)
     for f in base.masks:
         a, b = base.masks[f], patched.masks[f]
         worst["logit_abs"] = max(worst["logit_abs"], (a - b).abs().max().item())
@@ -120,11 +125,15 @@ def compare(base: Track, patched: Track, n_obj: int, logit_atol=LOGIT_ATOL,
     for key in base.memory:
         ma, mb = base.memory[key].float(), patched.memory[key].float()
         worst["memory_abs"] = max(worst["memory_abs"], (ma - mb).abs().max().item())
-        worst["memory_rel_l2"] = max(worst["memory_rel_l2"], rel_l2(mb, ma))
+        obj, f = key
+        flipped = bool(((base.masks[f][obj] > 0) != (patched.masks[f][obj] > 0)).any())
+        slot = "memory_rel_l2_flipped" if flipped else "memory_rel_l2"
+        worst[slot] = max(worst[slot], rel_l2(mb, ma))
         pa, pb = base.pointers[key], patched.pointers[key]
         worst["pointer_abs"] = max(worst["pointer_abs"], (pa - pb).abs().max().item())
     print(f"\n{worst}")
     assert worst["memory_rel_l2"] <= memory_rel, worst
+    assert worst["memory_rel_l2_flipped"] <= max(memory_rel, MEMORY_REL_L2_FLIPPED), worst
     assert worst["logit_abs"] <= logit_atol, worst
     assert worst["logit_rel_l2"] <= logit_rel, worst
     assert worst["agreement"] >= agreement, worst
