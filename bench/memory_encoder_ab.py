@@ -11,8 +11,8 @@ tracker: 1 object, a point prompt on frame 0, `--frames` frames propagated per r
 with the defaults and `fuse_memory_encoder` off / on (plus unpatched with --unpatched), the
 variants' order rotated round by round.
 
-    flock /tmp/edgetam_bench.lock python3 bench/memory_encoder_ab.py --threads 2 --rounds 15
-    flock /tmp/edgetam_bench.lock python3 bench/memory_encoder_ab.py --track --rounds 5
+    python3 bench/memory_encoder_ab.py --threads 2 --rounds 15
+    python3 bench/memory_encoder_ab.py --track --rounds 5
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
-from .derived import cached  # noqa: F401  (the adapters' one cache rule)
+from .derived import cached
 from .reparam import fold_value_into_output
 
 

@@ -24,9 +24,10 @@ import torch
 
 from . import ops
 from ._adapters_common import (
-    MLP, Norm, Projections, Rope, attend, cached, common_eps, latent_rope, lookup,
+    MLP, Norm, Projections, Rope, attend, common_eps, latent_rope, lookup,
     memory_attention_layer, perceiver_layer,
 )
+from .derived import cached
 from .patch import register_adapter
 
 _HF = "transformers.models.edgetam_video.modeling_edgetam_video"

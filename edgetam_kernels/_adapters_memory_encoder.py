@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._adapters_common import cached
+from .derived import cached
 from .patch import _STATE, _MISSING, _PatchedForward, _class_key, register_adapter
 from .reparam import work_dtype
 
@@ -611,28 +611,23 @@ def _check(kind, make):
     return factory
 
 
-def _block_forward(module, state, original):
-    def forward(self, x):
-        rec = _plan(_block, self) if _tensors(x) else None
-        if rec is None or not _weights_ok(rec) or x.shape[1] != rec.dwconv.in_channels:
-            return original(x)
-        folded = cached(state, ("block", 0), _sources(rec), lambda: _fold_block(rec),
-                        (rec.norm.eps,))
-        y = _block_nhwc(rec, folded, x.permute(0, 2, 3, 1).contiguous())
-        return _cl(y).contiguous()
+def _nchw_blocks(kind):
+    """Adapter for a fuser or a ConvNeXt block patched alone (a block runs as a one-block
+    fuser): NCHW in and out, NHWC in between."""
+    def adapter(module, state, original):
+        def forward(self, x):
+            rec = _plan(kind, self) if _tensors(x) else None
+            if rec is None or not _weights_ok(rec):
+                return original(x)
+            fuser = rec if isinstance(rec, _Fuser) else _Fuser(None, (rec,))
+            if x.shape[1] != fuser.blocks[0].dwconv.in_channels:
+                return original(x)
+            y = _fuser_nhwc(state, fuser, x.permute(0, 2, 3, 1).contiguous())
+            return _cl(y).contiguous()
 
-    return forward
+        return forward
 
-
-def _fuser_forward(module, state, original):
-    def forward(self, x):
-        rec = _plan(_fuser, self) if _tensors(x) else None
-        if rec is None or not _weights_ok(rec) or x.shape[1] != rec.blocks[0].dwconv.in_channels:
-            return original(x)
-        y = _fuser_nhwc(state, rec, x.permute(0, 2, 3, 1).contiguous())
-        return _cl(y).contiguous()
-
-    return forward
+    return adapter
 
 
 def _downsampler_forward(module, state, original):
@@ -718,7 +713,7 @@ for _prefix, _names in ((_META, ("CXBlock", "Fuser", "MaskDownSampler", "MemoryE
                                "EdgeTamVideoMaskDownSampler", "EdgeTamVideoMemoryEncoder")),
                         (_OURS, ("CXBlock", "Fuser", "MaskDownSampler", "MemoryEncoder"))):
     _kinds = (_block, _fuser, _downsampler, _encoder)
-    _forwards = (_block_forward, _fuser_forward, _downsampler_forward,
+    _forwards = (_nchw_blocks(_block), _nchw_blocks(_fuser), _downsampler_forward,
                  {_META: _meta_encoder, _HF: _hf_encoder, _OURS: _our_encoder}[_prefix])
     for _name, _kind, _fwd in zip(_names, _kinds, _forwards):
         register_adapter(f"{_prefix}.{_name}", _OPTION)(_check(_kind, _fwd))

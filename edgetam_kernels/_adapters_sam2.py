@@ -27,10 +27,11 @@ import torch.nn.functional as F
 
 from . import ops
 from ._adapters_common import (
-    MLP, Norm, Projections, Rope, attend, cached, common_eps, latent_rope, lookup,
+    MLP, Norm, Projections, Rope, attend, common_eps, latent_rope, lookup,
     memory_attention_layer,
 )
 from ._adapters_common import perceiver_layer as _perceiver_layer
+from .derived import cached
 from .patch import _class_key, register_adapter
 from .reference import PERCEIVER_LAYER_PARAMS, params_per_layer
 
