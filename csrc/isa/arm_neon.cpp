@@ -28,9 +28,9 @@
 #endif
 #endif
 #include "../simd/neon.h"
-#include "../kernels/attention_impl.h"
-#include "../kernels/perceiver_impl.h"
-#include "../kernels/perceiver_block.h"
+#include "../kernels/rope_attention.h"
+#include "../kernels/spatial_perceiver.h"
+#include "../kernels/perceiver_attention.h"
 #if (EDGETAM_BF16DOT || EDGETAM_F16DOT) && defined(__clang__)
 #pragma clang attribute pop
 #endif

@@ -5,6 +5,6 @@
 #include "../api.h"
 #define EDGETAM_ISA scalar
 #include "../simd/scalar.h"
-#include "../kernels/attention_impl.h"
-#include "../kernels/perceiver_impl.h"
-#include "../kernels/perceiver_block.h"
+#include "../kernels/rope_attention.h"
+#include "../kernels/spatial_perceiver.h"
+#include "../kernels/perceiver_attention.h"

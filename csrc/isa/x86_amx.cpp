@@ -16,11 +16,11 @@
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16,avx2,fma,f16c")
 #endif
 #include "../simd/avx512.h"
-#include "../kernels/attention_amx.h"
+#include "../kernels/rope_attention_amx.h"
 #define EDGETAM_PERCEIVER_AMX 1
-#include "../kernels/perceiver_amx.h"
-#include "../kernels/perceiver_impl.h"
-#include "../kernels/perceiver_block.h"
+#include "../kernels/spatial_perceiver_amx.h"
+#include "../kernels/spatial_perceiver.h"
+#include "../kernels/perceiver_attention.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif

@@ -12,9 +12,9 @@
 #pragma GCC target("avx2,fma,f16c")
 #endif
 #include "../simd/avx2.h"
-#include "../kernels/attention_impl.h"
-#include "../kernels/perceiver_impl.h"
-#include "../kernels/perceiver_block.h"
+#include "../kernels/rope_attention.h"
+#include "../kernels/spatial_perceiver.h"
+#include "../kernels/perceiver_attention.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif

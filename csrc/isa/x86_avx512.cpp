@@ -24,9 +24,9 @@
 #endif
 #endif
 #include "../simd/avx512.h"
-#include "../kernels/attention_impl.h"
-#include "../kernels/perceiver_impl.h"
-#include "../kernels/perceiver_block.h"
+#include "../kernels/rope_attention.h"
+#include "../kernels/spatial_perceiver.h"
+#include "../kernels/perceiver_attention.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif

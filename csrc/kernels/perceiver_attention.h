@@ -1,7 +1,7 @@
 // One perceiver cross-attention block, the edgetam::perceiver_attention op (reference.py:
 // perceiver_attention), written once against the SIMD vocabulary `V` from the spatial
-// perceiver's parts: ColScratch LayerNorm and projections (perceiver_ops.h), block_attention
-// with partial results and merge_partials (perceiver_attn.h). fp32 throughout.
+// perceiver's parts: ColScratch LayerNorm and projections (perceiver_layers.h), block_attention
+// with partial results and merge_partials (perceiver_heads.h). fp32 throughout.
 //
 // Per group of batch elements, three parallel stages:
 //   queries  per 64 latent columns: latents transposed in (L * C floats, small), LN,
@@ -21,7 +21,7 @@
 // Keys per chunk depend on N alone and every query column's result is computed the same way
 // whichever item or thread runs it, so the result does not depend on the thread count.
 #pragma once
-#include "perceiver_impl.h"  // softmax_scale, scale_rows; the attention and the ops
+#include "perceiver_heads.h"  // block_attention, merge_partials, softmax_scale; the layers
 
 namespace edgetam_cpu {
 namespace EDGETAM_ISA {

@@ -1,11 +1,11 @@
-// The perceiver's attentions on channel-major operands (see perceiver_ops.h), one head each:
+// The perceiver's attentions on channel-major operands (see perceiver_layers.h), one head each:
 //   block_attention   queries attend to every key: flash-style, S^T = K Q^T per tile of keys
 //                     (one query per SIMD lane, so the online softmax runs down the columns with
 //                     no horizontal reductions), O^T = alpha O^T + V^T P^T. Both products are the
 //                     register-blocked micro-kernel of common.h reading K^T and V^T in place.
 //   window_attention  patch latents, each over its ws x ws window: vectorized along image rows.
 #pragma once
-#include "perceiver_ops.h"
+#include "perceiver_layers.h"
 
 namespace edgetam_cpu {
 namespace EDGETAM_ISA {
@@ -14,13 +14,21 @@ namespace {
 constexpr int64_t kPerceiverKeys = 96;     // keys per tile: a multiple of every MR
 constexpr int64_t kPerceiverQueries = 64;  // queries per block: one micro-tile strip on AVX-512
 
+// Queries are scaled once, by 1 / sqrt(head dim) and log2(e): the softmax runs in base 2.
+inline float softmax_scale(int64_t dh) { return 1.4426950408889634f / std::sqrt(float(dh)); }
+
+void scale_rows(float* x, int64_t ld, int64_t rows, int64_t c0, int64_t c1, float s) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = c0; c < c1; c += V::W) V::store(x + r * ld + c, V::mul(V::load(x + r * ld + c), V::set1(s)));
+}
+
 // One head. Element (c, j) of an operand X lives at X[c * ldX + j]: qt (dk, queries) already
 // scaled by scale * log2(e) (the softmax runs in base 2), kt (dk, keys), vt (dv, keys),
 // ot (dv, queries). With pm / pl set, the result is a partial one over this subset of keys, for
 // merge_partials: ot unnormalized, and per query the running max (base-2 logits) in pm and the
 // softmax denominator in pl. Keys are ks apart in kt and vt: element (c, j) of kt is at
 // kt[c * ldk + j * ks]; ks = 1 is the channel-major layout above, and token-major K / V rows
-// (perceiver_block.h: ldk = ldv = 1, ks = the row length) read the same way, since the
+// (perceiver_attention.h: ldk = ldv = 1, ks = the row length) read the same way, since the
 // micro-kernel broadcasts its A operand from any strides. amx_global_attention needs ks = 1.
 struct HeadAttn {
   const float *qt, *kt, *vt;

@@ -1,4 +1,4 @@
-// Building blocks of the spatial perceiver (perceiver_impl.h), written once against the SIMD
+// Building blocks of the spatial perceiver (spatial_perceiver.h), written once against the SIMD
 // vocabulary `V`. Activations are channel-major: a (C, ld) block holds one token or latent per
 // column, so LayerNorm statistics vectorize across columns and every projection is
 // `out^T = W in^T`, a GEMM whose A operand is the weight as torch stores it (no transposes).

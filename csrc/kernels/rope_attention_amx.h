@@ -10,7 +10,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "attention_impl.h"
+#include "rope_attention.h"
 
 namespace edgetam_cpu {
 namespace EDGETAM_ISA {

@@ -1,6 +1,6 @@
 // EdgeTAM's 2D spatial perceiver in one call, written once against the SIMD vocabulary `V`.
 //
-// Everything is channel-major (perceiver_ops.h): memory tokens as (C, N) columns, exactly the
+// Everything is channel-major (perceiver_layers.h): memory tokens as (C, N) columns, exactly the
 // layout x arrives in, and both latent groups as one (C, L1 + L2) block, global latents first.
 // Per batch element and layer:
 //   latents: Q^T = Wq LN(lat)^T for both groups at once (same weights);
@@ -14,7 +14,7 @@
 //     itself alone, so softmax is 1 and its output is Wout Wv LN(lat) (Q and K never computed).
 // One final LayerNorm, written token-major (B, L1 + L2, C).
 #pragma once
-#include "perceiver_attn.h"
+#include "perceiver_heads.h"
 #ifndef EDGETAM_PERCEIVER_AMX
 #define EDGETAM_PERCEIVER_AMX 0  // x86_amx.cpp: bf16 compute of the global attention on AMX
 #endif
@@ -35,14 +35,6 @@ struct Plan {
   int64_t chunk, nchunks, lc;  // tokens per work item, items, its leading dim
   int64_t inner_x;           // widest cross-attention inner dim (partials' row stride)
 };
-
-// Queries are scaled once, by 1 / sqrt(head dim) and log2(e): the softmax runs in base 2.
-inline float softmax_scale(int64_t dh) { return 1.4426950408889634f / std::sqrt(float(dh)); }
-
-void scale_rows(float* x, int64_t ld, int64_t rows, int64_t c0, int64_t c1, float s) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = c0; c < c1; c += V::W) V::store(x + r * ld + c, V::mul(V::load(x + r * ld + c), V::set1(s)));
-}
 
 struct Partials {
   float *o, *m, *l;  // per chunk: (inner_x, ld) outputs, (heads, ld) maxima and sums

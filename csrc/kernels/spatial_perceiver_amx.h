@@ -1,6 +1,6 @@
 // The perceiver's global-latent attention with bf16 products on Intel AMX tiles (the
 // perceiver's bf16 compute; fp32 accumulation, fp32 softmax). Included only by
-// csrc/isa/x86_amx.cpp, before perceiver_impl.h, which calls it for PerceiverArgs::compute ==
+// csrc/isa/x86_amx.cpp, before spatial_perceiver.h, which calls it for PerceiverArgs::compute ==
 // kComputeBF16. At EdgeTAM's shape these two products are 61 % of the perceiver's FLOPs; every
 // other stage stays fp32.
 //
@@ -10,8 +10,8 @@
 //                  B: VNNI pairs of Q^T (rows 2p, 2p + 1 interleaved);
 //   O^T += V^T P^T A: rows of V^T in bf16, B: VNNI pairs of P^T, written by the softmax itself.
 #pragma once
-#include "attention_amx.h"
-#include "perceiver_attn.h"
+#include "rope_attention_amx.h"
+#include "perceiver_heads.h"
 
 namespace edgetam_cpu {
 namespace EDGETAM_ISA {
