@@ -18,15 +18,13 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 SKIP = os.environ.get("EDGETAM_KERNELS_NO_EXT", "") not in ("", "0")
 
 
-def _sources():
-    srcs = ["csrc/register.cpp", "csrc/dispatch.cpp", "csrc/isa/scalar.cpp"]
+def _sources(parts=("torch", "any")):
+    """csrc/sources.txt's paths of these parts plus this machine's architecture."""
     machine = platform.machine().lower()
-    if machine in ("x86_64", "amd64"):
-        srcs += ["csrc/isa/x86_avx2.cpp", "csrc/isa/x86_avx512.cpp", "csrc/isa/x86_avx512bf16.cpp",
-                 "csrc/isa/x86_amx.cpp"]
-    elif machine in ("aarch64", "arm64"):
-        srcs += ["csrc/isa/arm_neon.cpp", "csrc/isa/arm_neon_fp16.cpp", "csrc/isa/arm_neon_bf16.cpp"]
-    return srcs
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    with open(os.path.join(ROOT, "csrc", "sources.txt")) as f:
+        rows = [line.split() for line in f if line.strip() and not line.startswith("#")]
+    return [path for part, path in rows if part in parts or part == arch]
 
 
 def _extensions():

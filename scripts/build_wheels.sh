@@ -92,8 +92,9 @@ build_aarch64() {
   pyinc="-I$A64/sysroot/usr/include/python3.11 -I$A64/sysroot/usr/include"
   out="$WORK/aarch64"
   rm -rf "$out" && mkdir -p "$out/obj"
-  local srcs=(csrc/register.cpp csrc/dispatch.cpp csrc/isa/scalar.cpp)
-  srcs+=($(ls csrc/isa/arm_*.cpp 2>/dev/null || true))
+  local srcs  # csrc/sources.txt: the torch glue, the portable kernels, the aarch64 paths
+  srcs=($(awk '!/^#/ && ($1 == "torch" || $1 == "any" || $1 == "aarch64") {print $2}' \
+          csrc/sources.txt))
   local flags=(-O3 -std=c++17 -fPIC -fvisibility=hidden -DTORCH_TARGET_VERSION=0x020a000000000000
                -DPy_LIMITED_API=0x030a0000 -Wno-unused-function -Icsrc $torch_inc $pyinc)
   local objs=()
