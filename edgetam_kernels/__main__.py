@@ -27,35 +27,31 @@ def _bench(args) -> int:
     from tqdm import tqdm
 
     from . import benchmarks as B
+    from .harness import ceilings, machine, race, report
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
     dtype = getattr(torch, args.dtype)
-    print("machine:", json.dumps(B.machine()))
-    ceiling = B.ceilings(device, dtype)
+    print("machine:", json.dumps(machine()))
+    ceiling = ceilings(device, [dtype])
     print(f"ceilings ({args.dtype}): matmul {ceiling['matmul_gflops']:.0f} GFLOP/s, "
           f"copy {ceiling['copy_gbps']:.1f} GB/s")
     cases = B.all_cases(device, dtype, compile_ref=not args.no_compile, quick=args.quick)
     if args.only:
         cases = [c for c in cases if args.only in c.name]
-    jobs = [(c, p) for c in cases for p in c.providers]
-    rows = []
-    baselines = {}
-    with tqdm(jobs, desc="bench", unit="run", file=sys.stderr) as bar:
-        for case, provider in bar:
-            bar.set_postfix_str(f"{case.op}: {provider}")
-            with torch.no_grad():
-                samples = B.time_call(case.providers[provider], device, warmup=args.warmup,
-                                      reps=args.reps)
-            baselines.setdefault(case.name, {})[provider] = min(samples)
-            rows.append((case, provider, samples))
-    table = [B.summarize(c, p, s, ceiling, baselines[c.name]) for c, p, s in rows]
+    table = []
+    # the providers of a case race each other (interleaved rounds); cases run one after another
+    for case in tqdm(cases, desc="bench", unit="case", file=sys.stderr):
+        with torch.no_grad():
+            samples = race(case.providers, args.reps, warmup=args.warmup, device=device)
+        baseline = {p: min(s) for p, s in samples.items()}
+        table += [report.summarize(case, p, s, ceiling, baseline) for p, s in samples.items()]
     print()
-    print(B.fmt_table(table))
+    print(report.fmt_table(table))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": B.machine(), "ceilings": ceiling, "rows": table}, f, indent=1)
+            json.dump({"machine": machine(), "ceilings": ceiling, "rows": table}, f, indent=1)
         print(f"\nwrote {args.json}")
     return 0
 
@@ -67,7 +63,7 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="side-by-side timing of every op on EdgeTAM's shapes")
     b.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
     b.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    b.add_argument("--reps", type=int, default=3)
+    b.add_argument("--reps", type=int, default=3, help="interleaved rounds per case")
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
     b.add_argument("--quick", action="store_true", help="32x32 grid (512 input) instead of 64x64")

@@ -5,15 +5,13 @@ A case is one op (or module) on one shape with several providers: the reference,
 backend that supports it, torch's SDPA without RoPE (the ceiling a fused kernel is held to),
 Meta's and Hugging Face's module code, and torch.compile of the reference. Every provider of a
 case gets the same inputs and weights; FLOPs and bytes are counted per call so timings turn into
-GFLOP/s and a fraction of the machine's measured matmul ceiling.
+GFLOP/s and a fraction of the machine's measured matmul ceiling. Timing, ceilings and tables:
+edgetam_kernels.harness.
 """
 
 from __future__ import annotations
 
-import math
-import platform
-import statistics
-import time
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -30,61 +28,7 @@ class Case:
     flops: float
     bytes: float
     providers: Dict[str, Callable[[], object]] = field(default_factory=dict)
-
-
-def _sync(device):
-    kind = torch.device(device).type
-    if kind == "cuda":
-        torch.cuda.synchronize()
-    elif kind == "mps":
-        torch.mps.synchronize()
-
-
-def time_call(fn: Callable, device="cpu", warmup: int = 1, reps: int = 5,
-              min_time: float = 0.0) -> List[float]:
-    """Seconds per call, `reps` samples after `warmup` calls; GPU work is synchronised inside."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    samples = []
-    start_all = time.perf_counter()
-    while len(samples) < reps or (time.perf_counter() - start_all) < min_time:
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - t0)
-        if len(samples) >= 200:
-            break
-    return samples
-
-
-def ceilings(device="cpu", dtype=torch.float32) -> Dict[str, float]:
-    """Measured here, now: a large matmul (GFLOP/s) and a large copy (GB/s)."""
-    n = 2048
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    t = min(time_call(lambda: torch.mm(a, b), device, warmup=2, reps=5))
-    src = torch.randn(64 * 2**20 // 4, device=device)
-    dst = torch.empty_like(src)
-    tc = min(time_call(lambda: dst.copy_(src), device, warmup=2, reps=5))
-    return {"matmul_gflops": 2 * n**3 / t / 1e9, "copy_gbps": 2 * src.numel() * 4 / tc / 1e9}
-
-
-def machine() -> Dict[str, object]:
-    info = {"torch": torch.__version__, "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    cpu = _registry.backends()["cpu"]
-    info["cpu_backend"] = cpu["detail"] if cpu["available"] else cpu["reason"]
-    return info
+    args: tuple = ()  # the op's positional arguments, backend aside (for a raw-op row)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +188,7 @@ def perceiver_attention_case(device="cpu", dtype=torch.float32, grid: int = 64,
     case = Case(f"perceiver_attention {l}x{n}x{c} B{b} {str(dtype)[6:]}", "perceiver_attention",
                 # q k^T and p v; LN(x) w_kv; q and output projections
                 flops=4.0 * l * n * c + 4.0 * n * c * c + 4.0 * l * c * c,
-                bytes=x.element_size() * (2 * n * c + 2 * l * c))
+                bytes=x.element_size() * (2 * n * c + 2 * l * c), args=args)
     case.providers["reference"] = lambda: ops.perceiver_attention(*args[:10],
                                                                   backend="reference")
     case.providers.update(_backend_providers(
@@ -327,7 +271,7 @@ def memory_attention_flops(n_q, n_mem, d=256, kv_dim=64, hidden=2048, layers=2):
 def memory_attention_case(device="cpu", dtype=torch.float32, grid=64, frames=7,
                           ptr_tokens=64) -> Optional[Case]:
     """Meta's whole MemoryAttention module (2 layers), unpatched vs patched per backend."""
-    from .patch import patch, unpatch
+    from .patch import patch
 
     mod = meta_memory_attention(grid)
     if mod is None:
@@ -342,13 +286,17 @@ def memory_attention_case(device="cpu", dtype=torch.float32, grid=64, frames=7,
     case = Case(f"memory_attention module {n_q}x{n_mem} {str(dtype)[6:]}", "memory_attention",
                 flops=memory_attention_flops(n_q, n_mem), bytes=0.0)
 
+    copies = {}
+
     def run(backend, compute_dtype=None):
-        if backend is None:
-            unpatch(mod)
-        else:
-            patch(mod, backend=backend, compute_dtype=compute_dtype)
+        # one patched copy per provider: the harness interleaves providers round by round, and
+        # re-patching one module between calls would time the patching and weight folding too
+        key = (backend, compute_dtype)
+        if key not in copies:
+            copies[key] = mod if backend is None else patch(
+                copy.deepcopy(mod), backend=backend, compute_dtype=compute_dtype)
         with torch.no_grad():
-            return mod(**call)
+            return copies[key](**call)
 
     case.providers["meta module"] = lambda: run(None)
     case.providers["patched reference"] = lambda: run("reference")
@@ -372,34 +320,3 @@ def all_cases(device="cpu", dtype=torch.float32, compile_ref=True, quick=False) 
         if c is not None:
             cases.append(c)
     return cases
-
-
-def summarize(case: Case, provider: str, samples: List[float], ceiling: Dict[str, float],
-              baseline: Dict[str, float]) -> Dict[str, object]:
-    best, med = min(samples), statistics.median(samples)
-    row = {"case": case.name, "provider": provider, "median_ms": med * 1e3, "min_ms": best * 1e3,
-           "reps": len(samples), "gflops": case.flops / best / 1e9}
-    row["ceiling_frac"] = row["gflops"] / ceiling["matmul_gflops"]
-    for ref_name in ("reference", "meta module", "meta module path"):
-        if ref_name in baseline:
-            row[f"x_vs_{ref_name}"] = baseline[ref_name] / best
-    sdpa = [t for name, t in baseline.items() if name.startswith("sdpa")]  # the case's one
-    if sdpa:
-        row["x_vs_sdpa"] = min(sdpa) / best
-    return row
-
-
-def fmt_table(rows: List[Dict[str, object]]) -> str:
-    head = ("case", "provider", "median ms", "GFLOP/s", "% ceiling", "x ref", "x meta", "x sdpa")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        meta = r.get("x_vs_meta module", r.get("x_vs_meta module path"))
-        cells = (r["case"], r["provider"], f"{r['median_ms']:.1f}", f"{r['gflops']:.1f}",
-                 f"{100 * r['ceiling_frac']:.0f}%", _x(r.get("x_vs_reference")), _x(meta),
-                 _x(r.get("x_vs_sdpa")))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _x(v):
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}x"
