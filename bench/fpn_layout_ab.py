@@ -16,16 +16,12 @@ import contextlib
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 import torch  # noqa: E402
 
-import e2e_side_by_side as E  # noqa: E402  (also shims torchvision for transformers)
-import _models as M  # noqa: E402
 import edgetam_kernels._adapters_fpn as fpn  # noqa: E402
+from edgetam_kernels.harness import Variant, e2e, race  # noqa: E402
 
 
 def main(argv=None):
@@ -36,22 +32,18 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = M.meta_video_predictor(args.size) if args.kind == "meta" else M.hf_model(args.size)
-    E.apply(model, "patched:cpu")
-    run = E.encoder(args.kind, model, args.size)
+    model = Variant.parse("patched:cpu").apply(e2e.build_model(args.kind, args.size))
+    run = e2e.image_features(args.kind, model, args.size)
     kept = fpn.trunk_layout_kept
     variants = {"contiguous trunk outputs (before)": contextlib.nullcontext,
                 "channels-last into the neck (default)": kept}
-    times = {v: [] for v in variants}
+
+    def use(v):
+        fpn.trunk_layout_kept = variants[v]
+
     try:
         with torch.no_grad():
-            for v, ctx in variants.items():  # warm up (folds, tables)
-                fpn.trunk_layout_kept = ctx
-                run()
-            for r in range(args.rounds):
-                for v in (list(variants) if r % 2 else list(variants)[::-1]):
-                    fpn.trunk_layout_kept = variants[v]
-                    times[v].append(run())
+            times = race({v: run for v in variants}, args.rounds, before=use)
     finally:
         fpn.trunk_layout_kept = kept
     base = min(times["contiguous trunk outputs (before)"])

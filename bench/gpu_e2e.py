@@ -4,7 +4,7 @@
     python bench/gpu_e2e.py --cpu-dry-run   # tiny, reference backend on the CPU: tests the script
 
 Models (random weights, object score forced positive so masks flow into memory; see
-tests/_models.py): Meta's SAM2VideoPredictor for EdgeTAM (package sam2 / edgetam-dimos),
+edgetam_kernels.testing.hosts): Meta's SAM2VideoPredictor for EdgeTAM (package sam2 / edgetam-dimos),
 Hugging Face's EdgeTamVideoModel, and our edgetam/ (its "unpatched" is backend="reference").
 Precisions: fp32 (TF32 off, as torch's default) and bf16 autocast (what Meta's demos use).
 One timed pass = propagate through the clip after frame 0 was prompted; the first pass warms up
@@ -24,8 +24,7 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)  # this checkout
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=1024)
@@ -79,7 +78,7 @@ class Meta:
     def build(self):
         from edgetam._meta import build_meta_video_predictor
 
-        import _models as M
+        from edgetam_kernels.testing import hosts as M
 
         self.M = M
         self.model = build_meta_video_predictor(ARGS.size, device=DEV)
@@ -108,7 +107,7 @@ class HF:
     name = "hf"
 
     def build(self):
-        import _models as M
+        from edgetam_kernels.testing import hosts as M
 
         self.M = M
         self.model = M.hf_model(ARGS.size).to(DEV)

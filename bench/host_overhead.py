@@ -17,19 +17,14 @@ import argparse
 import copy
 import os
 import platform
-import sys
-import time
 
 os.environ["TRITON_INTERPRET"] = "1"  # the triton backend accepts CPU tensors (launches stubbed)
 
 import torch  # noqa: E402
 
 import edgetam_kernels as ek  # noqa: E402
-from edgetam_kernels._compat import shim_torchvision  # noqa: E402
-
-shim_torchvision()
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-import _models as M  # noqa: E402
+from edgetam_kernels.harness import race  # noqa: E402
+from edgetam_kernels.testing import hosts as M  # noqa: E402
 
 
 class _NoLaunch:
@@ -37,18 +32,6 @@ class _NoLaunch:
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: None
-
-
-def _best(f, calls: int, rounds: int) -> float:
-    for _ in range(20):
-        f()
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(calls):
-            f()
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best
 
 
 def main(argv=None):
@@ -88,12 +71,14 @@ def main(argv=None):
     }
     print(f"# Host time per call, kernels stubbed: {platform.processor() or platform.machine()}, "
           f"Python {platform.python_version()}, torch {torch.__version__}, 1 thread, "
-          f"min of {a.rounds} rounds x {a.calls} calls\n")
+          f"min of {a.rounds} interleaved rounds x {a.calls} calls\n")
     print("| path (EdgeTAM perceiver, 64x64x64 memory, eval, no_grad) | us per call |")
     print("|---|---|")
-    with torch.no_grad():
-        for name, f in rows.items():
-            print(f"| {name} | {_best(f, a.calls, a.rounds) * 1e6:.0f} |")
+    with torch.no_grad():  # a candidate is a.calls calls in a row; rows interleaved by round
+        t = race({name: (lambda f=f: [f() for _ in range(a.calls)]) for name, f in rows.items()},
+                 a.rounds, warmup=1)
+    for name, samples in t.items():
+        print(f"| {name} | {min(samples) / a.calls * 1e6:.0f} |")
 
 
 if __name__ == "__main__":

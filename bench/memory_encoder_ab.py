@@ -6,10 +6,10 @@ random weights, at an image size's shapes (1024: features 1 x 256 x 64 x 64, mas
 are deep copies with the same weights; calls alternate A, B, A, B ... under
 torch.inference_mode (as the trackers call it); min and median per call.
 
---track: tracked frames of the whole Meta predictor / HF model (bench/e2e_side_by_side.py's
-tracker: 1 object, a point prompt on frame 0, `--frames` frames propagated per round), patched
-with the defaults and `fuse_memory_encoder` off / on (plus unpatched with --unpatched), the
-variants' order rotated round by round.
+--track: tracked frames of the whole Meta predictor / HF model (edgetam_kernels.harness.e2e's
+tracker: 1 object, a point prompt on frame 0, `--frames` frames propagated per round), variants
+patched:<best>:no-memory-encoder and patched:<best> (plus unpatched with --unpatched), the
+variants' order rotated round by round (edgetam_kernels.harness.race).
 
     python3 bench/memory_encoder_ab.py --threads 2 --rounds 15
     python3 bench/memory_encoder_ab.py --track --rounds 5
@@ -24,18 +24,13 @@ import statistics
 import sys
 import time
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "bench")]
-
-from edgetam_kernels._compat import shim_torchvision  # noqa: E402
-
-shim_torchvision()
+import torch  # noqa: E402
 
 import edgetam_kernels as ek  # noqa: E402
-
-import _models as M  # noqa: E402
+from edgetam_kernels.harness import e2e, parse_variants, race  # noqa: E402
+from edgetam_kernels.testing import hosts as M  # noqa: E402
 
 
 def build(kind: str, size: int):
@@ -53,17 +48,17 @@ def build(kind: str, size: int):
 
 
 def track(args):
-    import e2e_side_by_side as E
-
-    best = E.best_backend()
-    variants = (["unpatched"] if args.unpatched else []) + ["memory encoder off", "patched"]
+    best = e2e.best_backend()
+    variants = parse_variants(("unpatched," if args.unpatched else "")
+                              + f"patched:{best}:no-memory-encoder,patched:{best}")
+    base_name = f"patched:{best}:no-memory-encoder"
     print(f"tracked frames at {args.size}, {args.frames} per round, backend {best}")
     print("| model | variant | min / median per frame (ms) | vs memory encoder off (min) | "
           "`_encode_new_memory` min / median per call (ms) |")
     print("|---|---|---:|---:|---:|")
     for kind in args.kinds.split(","):
-        model = M.meta_video_predictor(args.size) if kind == "meta" else M.hf_model(args.size)
-        fn = E.tracker(kind, model, args.size, args.frames)
+        model = e2e.build_model(kind, args.size)
+        fn = e2e.tracker(kind, model, args.size, args.frames)
         # the trackers' memory encoding step (mask -> sigmoid -> memory encoder), timed in place
         # by an instance attribute (a hook would make the patched forward step aside)
         inner, spent = model._encode_new_memory, []
@@ -75,31 +70,32 @@ def track(args):
             return out
 
         model._encode_new_memory = timed
-        enc_times = {v: [] for v in variants}
+        by_name = {str(v): v for v in variants}
+        enc_times = {name: [] for name in by_name}
+        calls = {name: 0 for name in by_name}
+        current = []
 
-        def apply(v):
-            ek.unpatch(model)
-            if v != "unpatched":
-                ek.patch(model, backend=best, fuse_memory_encoder=v == "patched")
+        def flush():  # the last call's memory-encoder times, its warm-up call's aside
+            if current and calls[current[0]] > 1:
+                enc_times[current[0]] += spent
+            spent.clear()
 
-        times = {v: [] for v in variants}
+        def apply(name):
+            flush()
+            by_name[name].apply(model)
+            calls[name] += 1
+            current[:] = [name]
+
         with torch.inference_mode():
-            for v in variants:
-                apply(v)
-                fn()
-            for r in range(args.rounds):
-                k = r % len(variants)
-                for v in variants[k:] + variants[:k]:
-                    apply(v)
-                    spent.clear()
-                    times[v].append(1e3 * fn())
-                    enc_times[v] += spent
+            times = race({name: fn for name in by_name}, args.rounds, before=apply,
+                         self_timed=True)
+        flush()
         ek.unpatch(model)
-        base = min(times["memory encoder off"])
-        for v in variants:
-            ts, es = times[v], enc_times[v]
-            print(f"| {kind} | {v} | {min(ts):.0f} / {statistics.median(ts):.0f} | "
-                  f"{base / min(ts):.3f}x | {min(es):.1f} / {statistics.median(es):.1f} |")
+        base = min(times[base_name])
+        for name in by_name:
+            ts, es = [1e3 * t for t in times[name]], enc_times[name]
+            print(f"| {kind} | {name} | {min(ts):.0f} / {statistics.median(ts):.0f} | "
+                  f"{1e3 * base / min(ts):.3f}x | {min(es):.1f} / {statistics.median(es):.1f} |")
 
 
 def main():
@@ -129,15 +125,11 @@ def main():
         fused = ek.patch(copy.deepcopy(plain), fuse_encoder=False)
         probs = torch.sigmoid(mask)
         call = ((lambda m: m(pix, mask)) if kind == "meta" else (lambda m: m(pix, probs)))
-        times = {"plain": [], "fused": []}
         with torch.inference_mode():
-            for m in (plain, fused, plain, fused):  # warm up (and fold)
+            for m in (plain, fused):  # fold (the race's warm-up calls each once more)
                 call(m)
-            for _ in range(args.rounds):
-                for name, m in (("plain", plain), ("fused", fused)):
-                    start = time.perf_counter()
-                    call(m)
-                    times[name].append(1e3 * (time.perf_counter() - start))
+            times = {k: [1e3 * t for t in v] for k, v in race(
+                {"plain": lambda: call(plain), "fused": lambda: call(fused)}, args.rounds).items()}
         a, b = times["plain"], times["fused"]
         print(f"| {kind} | {min(a):.1f} / {statistics.median(a):.1f} | "
               f"{min(b):.1f} / {statistics.median(b):.1f} | {min(a) / min(b):.2f}x |")

@@ -13,6 +13,7 @@ import torch
 
 from edgetam_kernels import _registry
 from edgetam_kernels import benchmarks as B
+from edgetam_kernels.harness import machine, sync
 
 _REASON = _registry.why_unavailable("metal")
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"metal backend: {_REASON}")
@@ -43,9 +44,9 @@ def test_metal_bench(benchmark, key, provider):
     def run():
         with torch.no_grad():
             fn()
-        torch.mps.synchronize()  # MPS work is asynchronous: time the GPU, not the enqueue
+        sync("mps")  # MPS work is asynchronous: time the GPU, not the enqueue
 
     benchmark.pedantic(run, rounds=5, warmup_rounds=2, iterations=1)
     best = benchmark.stats.stats.min
     benchmark.extra_info.update(flops=c.flops, bytes=c.bytes, gflops=c.flops / best / 1e9,
-                                machine=B.machine(), dtype=str(DTYPE), device="mps")
+                                machine=machine(), dtype=str(DTYPE), device="mps")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from edgetam_kernels import benchmarks as B
+from edgetam_kernels.harness import ceilings, machine, sync
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = getattr(torch, os.environ.get("EDGETAM_BENCH_DTYPE", "float32"))
@@ -26,7 +27,7 @@ def cases():
 
 @functools.lru_cache(maxsize=None)
 def ceiling():
-    return B.ceilings(DEVICE, DTYPE)
+    return ceilings(DEVICE, [DTYPE])
 
 
 PARAMS = [(key, provider) for key, case in cases().items() for provider in case.providers]
@@ -41,7 +42,7 @@ def test_bench(benchmark, key, provider):
     def run():
         with torch.no_grad():
             fn()
-        B._sync(DEVICE)
+        sync(DEVICE)
 
     benchmark.pedantic(run, rounds=3, warmup_rounds=1, iterations=1)
     best = benchmark.stats.stats.min
@@ -49,4 +50,4 @@ def test_bench(benchmark, key, provider):
         flops=case.flops, bytes=case.bytes, gflops=case.flops / best / 1e9,
         ceiling_gflops=ceiling()["matmul_gflops"],
         ceiling_frac=case.flops / best / 1e9 / ceiling()["matmul_gflops"],
-        machine=B.machine(), dtype=str(DTYPE), device=DEVICE)
+        machine=machine(), dtype=str(DTYPE), device=DEVICE)
