@@ -1,9 +1,11 @@
 """Builders for Meta's and Hugging Face's EdgeTAM models and modules, offline, random weights.
 
-Used by the parity, patch and end-to-end tests and by bench/. Nothing here downloads: Meta's timm
-trunk is created with `pretrained=False` (see ../shared/RECIPES.md) and HF's models are built
-from configs. The torchvision schema shim in tests/conftest.py must be active before timm is
-imported (bench/ imports conftest's shim the same way).
+Used by the parity, patch and end-to-end tests, by edgetam/'s comparison with Meta, and by
+bench/. Nothing here downloads: Meta's timm trunk is created with `pretrained=False` and HF's
+models are built from configs. Every builder installs the torchvision schema shim
+(`shim_torchvision`) before sam2, timm or transformers is imported, so callers need no setup.
+Meta's builders need `sam2` (edgetam-dimos), hydra-core, iopath and timm; HF's need
+transformers >= 5 and timm.
 
 Conventions
 - grid: the image-feature grid of memory attention (64, 48, 32 for 1024, 768, 512 inputs).
@@ -21,6 +23,8 @@ from unittest import mock
 
 import torch
 from torch import nn
+
+from .._compat import shim_torchvision
 
 EDGETAM_CONFIG = "configs/edgetam.yaml"
 
@@ -79,8 +83,9 @@ def randomize_batchnorm_(module: nn.Module, seed: int = 0) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _timm_offline():
+def timm_offline():
     """Meta's TimmBackbone calls timm.create_model(..., pretrained=True): force False."""
+    shim_torchvision()
     import sam2.modeling.backbones.timm as meta_timm
 
     original = meta_timm.create_model
@@ -105,6 +110,7 @@ def meta_overrides(image_size: int = 1024) -> list:
 
 
 def meta_config(image_size: int = 1024, config: str = EDGETAM_CONFIG, extra=()):
+    shim_torchvision()
     import sam2  # noqa: F401  (initialises hydra's config module "sam2")
     from hydra import compose
 
@@ -180,17 +186,21 @@ def fix_meta_perceiver_batch_(model) -> None:
     perceiver.forward = lambda x, pos=None: perceiver_per_sample(original, x, pos)
 
 
-def meta_video_predictor(image_size: int = 1024, seed: int = 0, config: str = EDGETAM_CONFIG):
-    """Meta's SAM2VideoPredictor for EdgeTAM, random weights, CPU, eval, object score forced on."""
-    from sam2.build_sam import build_sam2_video_predictor
+def meta_video_predictor(image_size: int = 1024, seed: int = 0, config: str = EDGETAM_CONFIG,
+                         device: str = "cpu", extra=(), object_score_bias: Optional[float] = 10.0):
+    """Meta's SAM2VideoPredictor for EdgeTAM, random weights (seeded), eval. `extra`: more hydra
+    overrides. object_score_bias: the object-score head's last bias (None keeps the random one)."""
+    with timm_offline(), contextlib.redirect_stdout(None):
+        from sam2.build_sam import build_sam2_video_predictor
 
-    with _timm_offline(), contextlib.redirect_stdout(None):
         torch.manual_seed(seed)
         predictor = build_sam2_video_predictor(
-            config, ckpt_path=None, device="cpu", hydra_overrides_extra=meta_overrides(image_size)
+            config, ckpt_path=None, device=device,
+            hydra_overrides_extra=meta_overrides(image_size) + list(extra),
         )
-    set_object_score_bias_(predictor.sam_mask_decoder.pred_obj_score_head)
-    return predictor
+    if object_score_bias is not None:
+        set_object_score_bias_(predictor.sam_mask_decoder.pred_obj_score_head, object_score_bias)
+    return predictor.eval()
 
 
 def meta_init_state(predictor, frames: torch.Tensor):
@@ -209,7 +219,8 @@ def meta_init_state(predictor, frames: torch.Tensor):
 
 
 def hf_config(image_size: int = 1024):
-    """EdgeTAM's real configuration (RepViT-M1 trunk through timm, no download), RECIPES."""
+    """EdgeTAM's real configuration (RepViT-M1 trunk through timm, no download)."""
+    shim_torchvision()
     from transformers import TimmWrapperConfig
     from transformers.models.edgetam_video import EdgeTamVideoConfig
     from transformers.models.edgetam.configuration_edgetam import EdgeTamVisionConfig
@@ -242,6 +253,7 @@ def _standalone(cfg):
 
 def hf_model(image_size: int = 1024, seed: int = 0):
     """HF's EdgeTamVideoModel with random weights, eval, object score forced on."""
+    shim_torchvision()
     from transformers.models.edgetam_video import EdgeTamVideoModel
 
     torch.manual_seed(seed)
@@ -252,6 +264,7 @@ def hf_model(image_size: int = 1024, seed: int = 0):
 
 @_cached
 def hf_memory_attention(grid: int = 64, seed: int = 0) -> nn.Module:
+    shim_torchvision()
     from transformers.models.edgetam_video.modeling_edgetam_video import (
         EdgeTamVideoMemoryAttention,
     )
@@ -262,6 +275,7 @@ def hf_memory_attention(grid: int = 64, seed: int = 0) -> nn.Module:
 
 @_cached
 def hf_perceiver(seed: int = 0) -> nn.Module:
+    shim_torchvision()
     from transformers.models.edgetam_video.modeling_edgetam_video import (
         EdgeTamVideoPerceiverResampler,
     )
