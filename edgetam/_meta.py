@@ -1,6 +1,7 @@
 """Build Meta's reference EdgeTAM (package `sam2`, PyPI edgetam-dimos) offline with random
 weights, for parity tests and comparisons. Needs sam2, hydra-core, iopath and timm; nothing here
-is imported by the model itself.
+is imported by the model itself. The builder is edgetam_kernels.testing.hosts' (also used by the
+kernel library's parity tests); what is added here is what comparing with edgetam.EdgeTAM needs.
 """
 
 from __future__ import annotations
@@ -9,37 +10,7 @@ import contextlib
 
 import torch
 
-
-def _shim_torchvision() -> None:
-    """PyPI's torchvision is a CUDA build whose C ops fail to register beside a CPU torch; timm
-    (imported by sam2) only needs its Python parts, which import once these schemas exist."""
-    if torch.cuda.is_available():
-        return
-    try:
-        lib = torch.library.Library("torchvision", "FRAGMENT")
-        for name in ("nms", "qnms"):
-            lib.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _shim_torchvision.lib = lib
-    except RuntimeError:
-        pass  # already defined (the real ops, or the tests' conftest)
-
-
-@contextlib.contextmanager
-def _no_pretrained():
-    """sam2's TimmBackbone asks timm for ImageNet weights (a download): ask for none."""
-    import sam2.modeling.backbones.timm as tb
-
-    original = tb.create_model
-
-    def create_model(*args, **kwargs):
-        kwargs["pretrained"] = False
-        return original(*args, **kwargs)
-
-    tb.create_model = create_model
-    try:
-        yield
-    finally:
-        tb.create_model = original
+from edgetam_kernels.testing import hosts
 
 
 def build_meta_video_predictor(image_size: int = 1024, device: str = "cpu", seed: int = 0,
@@ -50,19 +21,14 @@ def build_meta_video_predictor(image_size: int = 1024, device: str = "cpu", seed
     Meta's code finds the holes with its CUDA extension or OpenCV and silently skips the step
     without them; `our_hole_filling()` makes it use edgetam's (identical to OpenCV's)
     so results do not depend on whether OpenCV is installed."""
-    _shim_torchvision()
-    from sam2.build_sam import build_sam2_video_predictor
-
     side = image_size // 16
-    overrides = [f"++model.image_size={image_size}",
-                 f"++model.memory_attention.layer.cross_attention.q_sizes=[{side},{side}]",
-                 f"++model.memory_attention.layer.self_attention.feat_sizes=[{side},{side}]"]
-    torch.manual_seed(seed)
-    with _no_pretrained(), contextlib.redirect_stdout(None):
-        model = build_sam2_video_predictor("configs/edgetam.yaml", None, device=device,
-                                           hydra_overrides_extra=overrides)
+    # Meta's self-attention RoPE table follows the query length anyway; fixing it at the grid
+    # only avoids its rebuild on the first frame
+    extra = [f"++model.memory_attention.layer.self_attention.feat_sizes=[{side},{side}]"]
+    model = hosts.meta_video_predictor(image_size, seed=seed, device=device, extra=extra,
+                                       object_score_bias=None)
     model.fill_hole_area = fill_hole_area
-    return model.eval()
+    return model
 
 
 @contextlib.contextmanager
@@ -70,7 +36,7 @@ def all_sdpa_kernels():
     """Within the block, Meta's attention lets torch pick any SDPA kernel instead of forcing
     the math path on CPU (its module global ALLOW_ALL_KERNELS; restored afterwards, so models
     built or run later in the process keep Meta's own behaviour)."""
-    _shim_torchvision()
+    hosts.shim_torchvision()
     import sam2.modeling.sam.transformer as tr
 
     saved = tr.ALLOW_ALL_KERNELS
