@@ -17,8 +17,10 @@ import argparse
 import copy
 import os
 import platform
+import sys
 
 os.environ["TRITON_INTERPRET"] = "1"  # the triton backend accepts CPU tensors (launches stubbed)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
 
 import torch  # noqa: E402
 

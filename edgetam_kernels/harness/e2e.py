@@ -19,10 +19,7 @@ KINDS = ("meta", "hf")
 
 
 def _hosts():
-    from .._compat import shim_torchvision
-
-    shim_torchvision()  # transformers' video processors import torchvision pieces
-    from ..testing import hosts
+    from ..testing import hosts  # imported when used: it needs sam2 / transformers
 
     return hosts
 
