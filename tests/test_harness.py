@@ -105,3 +105,11 @@ def test_race_interleaves_rounds_rotated():
     assert timed == {"x": [0.25, 0.25]}
     s = stats([3.0, 1.0, 2.0])
     assert (s["min"], s["median"], s["rounds"]) == (1.0, 2.0, 3)
+
+
+def test_auto_without_a_precision_policy_says_so(monkeypatch):
+    from edgetam_kernels.harness import variants
+
+    monkeypatch.setattr(variants, "auto_supported", lambda: False)
+    with pytest.raises(ValueError, match="precision policy"):
+        Variant.parse("patched:reference:auto").apply(torch.nn.Linear(2, 2))

@@ -95,6 +95,9 @@ class Variant:
         from .. import patch, unpatch  # the functions (the package binds them over the module)
 
         unpatch(model)
+        if self.precision == "auto" and not auto_supported():
+            raise ValueError(f"variant {self}: compute_dtype='auto' needs the precision policy "
+                             f"(edgetam_kernels.precision), which this build does not have")
         if self.patched:
             patch(model, **self.patch_kwargs())
         return model
