@@ -1,5 +1,5 @@
 """A/B of the FPN fold's input layout: the patched trunk's channels-last outputs read as they are
-(`_adapters_repvit.trunk_layout_kept`, the default) vs contiguous copies (as before
+(`edgetam_kernels.patch.trunk_layout_kept`, the default) vs contiguous copies (as before
 2026-11-29), on one patched model in one process, calls interleaved.
 
     python bench/fpn_layout_ab.py meta 1024 [--rounds 12]
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 import e2e_side_by_side as E  # noqa: E402  (also shims torchvision for transformers)
 import _models as M  # noqa: E402
-import edgetam_kernels._adapters_fpn as fpn  # noqa: E402
+from edgetam_kernels.patch import fpn  # noqa: E402
 
 
 def main(argv=None):
