@@ -150,7 +150,7 @@ def _build(m: nn.Module, state: dict):
     """Runs the adapter's factory for `m`; None where it declines (nothing to speed up). A
     module unpickled in a fresh process finds the adapters registered: unpickling imported this
     package (whose __init__ imports every host module) and the module's own (edgetam/'s
-    registrations come with `import edgetam`)."""
+    registrations come with importing that package)."""
     impl = ADAPTERS[class_key(m)](m, state, _original(m, state))
     state["built"] = _Built(impl)
     return impl
