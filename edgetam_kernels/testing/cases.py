@@ -85,6 +85,8 @@ def rope_attention_inputs(case: RopeCase, dtype=torch.float32, device="cpu",
 
 
 ROPE_CASES: Dict[str, RopeCase] = {
+    # the op-layer tests' default (schemas, compile, autograd, bad input): everything small
+    "small": RopeCase(2, 1, (4, 6), 16, 2, (2, 3), lead=1, pointers=3),
     "sam2_self_8x8": RopeCase(1, 1, (8, 8), 64, 1, (8, 8)),
     "odd_5x7_heads_batch": RopeCase(2, 3, (5, 7), 36, 3, (2, 3), lead=4, pointers=16, value_dim=20),
     "edgetam_cross_small": RopeCase(1, 1, (8, 8), 256, 7, (4, 4), lead=16, pointers=16),
@@ -270,6 +272,8 @@ def spatial_perceiver_inputs(case: SpatialPerceiverCase, dtype=torch.float32, de
 
 _SP = SpatialPerceiverCase
 SPATIAL_PERCEIVER_CASES: Dict[str, SpatialPerceiverCase] = {
+    # the op-layer tests' default
+    "small": _SP(2, 16, (8, 8), 5, 4, hidden=32),
     "odd_heads3_no_pos": _SP(2, 20, (12, 12), 7, 9, inner=24, hidden=40, pos=None, heads=3,
                              inner_self=18, hidden_self=33),
     "heads2_batch2": _SP(2, 36, (8, 8), 5, 16, inner=36, hidden=50, heads=2),
@@ -311,3 +315,27 @@ TRITON_SPATIAL_PERCEIVER = ("small_2x2_windows", "small_4x4_windows", "small_cro
 PARITY_SPATIAL_PERCEIVER = ("odd_heads3_no_pos", "heads2_batch2", "global_only_no_self_attn",
                             "windows_2x2_on_10x10", "both_groups_shared_pos", "patch_only_9x9",
                             "global_only_4x6")
+
+
+# ---------------------------------------------------------------------------------------------
+# Every op through its torch.ops schema (opcheck, autocast)
+# ---------------------------------------------------------------------------------------------
+
+
+def schema_calls(backend: str = "reference", seed: Optional[int] = None):
+    """(name, torch.ops.edgetam.<op>, positional args) for each op at its "small" case, as
+    the schemas take them (lists, not tuples; the backend name last)."""
+    q, k, v, kw = rope_attention_inputs(ROPE_CASES["small"], seed=seed)
+    yield "rope_attention", torch.ops.edgetam.rope_attention, (
+        q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"], kw["num_k_exclude_rope"], 10000.0,
+        0.25, None, backend)
+    case = PerceiverAttentionCase(batch=2, latents=5, tokens=9, dim=16, pos="batch")
+    args, heads = perceiver_attention_inputs(case, seed=seed)
+    yield "perceiver_attention", torch.ops.edgetam.perceiver_attention, (
+        *args, heads, 1e-5, backend)
+    args, pkw = spatial_perceiver_inputs(SPATIAL_PERCEIVER_CASES["small"], seed=seed)
+    for compute_dtype in (None, torch.bfloat16):
+        yield f"spatial_perceiver compute_dtype={compute_dtype}", \
+            torch.ops.edgetam.spatial_perceiver, \
+            (*args, pkw["depth"], pkw["heads"], pkw["use_self_attn"], 1e-5, compute_dtype,
+             backend)
