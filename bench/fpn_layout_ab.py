@@ -1,5 +1,5 @@
 """A/B of the FPN fold's input layout: the patched trunk's channels-last outputs read as they are
-(`_adapters_repvit.trunk_layout_kept`, the default) vs contiguous copies (as before
+(`edgetam_kernels.patch.trunk_layout_kept`, the default) vs contiguous copies (as before
 2026-11-29), on one patched model in one process, calls interleaved.
 
     python bench/fpn_layout_ab.py meta 1024 [--rounds 12]
@@ -20,8 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch  # noqa: E402
 
-import edgetam_kernels._adapters_fpn as fpn  # noqa: E402
 from edgetam_kernels.harness import Variant, e2e, race  # noqa: E402
+from edgetam_kernels.patch import fpn  # noqa: E402
 
 
 def main(argv=None):

@@ -12,6 +12,7 @@ Command line: `python -m edgetam track VIDEO --point X,Y --out DIR` (see docs/ed
 Depends on torch, numpy and edgetam_kernels only; PIL and PyAV are used by the CLI for I/O.
 """
 
+from . import kernel_adapters  # noqa: F401  (edgetam_kernels.patch() learns this model's classes)
 from .loading import CheckpointError, load, load_weights
 from .model import NO_OBJ_SCORE, EdgeTAM
 from .predictor import ImagePredictor, VideoPredictor, preprocess_frame

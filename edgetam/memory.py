@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import edgetam_kernels as ek
-from edgetam_kernels._adapters_common import Projections, Rope, attend
+from edgetam_kernels.layers import Projections, Rope, attend
 from edgetam_kernels.reference import PERCEIVER_LAYER_PARAMS, params_per_layer
 
 from .common import LayerNorm2d, sine_position_encoding

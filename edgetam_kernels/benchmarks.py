@@ -227,7 +227,7 @@ def spatial_perceiver_case(device="cpu", dtype=torch.float32, grid=64, batch=1,
         from .testing import random_perceiver_weights
         weights, lat1, lat2, norm = random_perceiver_weights()
     else:
-        from ._adapters_sam2 import perceiver_weights
+        from .patch import perceiver_weights
         meta = meta.to(device=device, dtype=dtype)
         weights, lat1, lat2 = perceiver_weights(meta), meta.latents, meta.latents_2d
         norm = (meta.norm.weight, meta.norm.bias)

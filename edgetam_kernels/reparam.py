@@ -2,7 +2,7 @@
 
 Pure functions on weight tensors, shared by `edgetam/repvit.py` (which fuses its own model in
 place) and `patch()` (which keeps fused copies beside Meta's and Hugging Face's untouched
-weights, `_adapters_repvit.py`):
+weights, `repvit.py`):
 
 - `fold_batchnorm`: a conv or linear layer (output channels first) followed by an eval-mode
   BatchNorm -> one layer with bias. BN(y) = scale * y + shift with scale = gamma / sqrt(var +
@@ -12,7 +12,7 @@ weights, `_adapters_repvit.py`):
 - `merge_dw_branches`: RepVGG-style depth-wise token mixer, k x k branch + 1 x 1 branch +
   identity -> one k x k depth-wise conv (the 1 x 1 kernel and the identity sit on the centre tap).
 - `fold_value_into_output`: a one-head attention's value projection folded into its output
-  projection (patch()'s memory-attention cross-attention, `_adapters_common.folds_value`).
+  projection (patch()'s memory-attention cross-attention, `layers.folds_value`).
 
 Everything is computed in float64 (float32 on devices without it, e.g. MPS) and returned in the
 weight's dtype (or `out_dtype`: chained folds pass `work_dtype(weight)` to round only once).

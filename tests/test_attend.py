@@ -1,4 +1,4 @@
-"""`_adapters_common.attend`, the attention block every patched model (and edgetam/) runs:
+"""`edgetam_kernels.layers.attend`, the attention block every patched model (and edgetam/) runs:
 projections, the rope_attention op, output projection, against a float64 computation of the
 same block written out plainly. With one head and values narrower than the attention (memory
 attention's cross-attention: 64-dim memory, 256-dim attention) the value projection is folded
@@ -7,7 +7,7 @@ into the output projection; the op then sees the narrow values."""
 import pytest
 import torch
 
-from edgetam_kernels import _adapters_common as C
+from edgetam_kernels import layers as C
 from edgetam_kernels import reference
 from edgetam_kernels.testing import TOLERANCE, rel_l2
 

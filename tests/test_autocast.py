@@ -9,9 +9,9 @@ import torch
 
 import edgetam_kernels as ek
 from edgetam_kernels.testing import TOLERANCE, rel_l2, to64
-from test_ops import _op_cases
+from edgetam_kernels.testing.cases import schema_calls
 
-CASES = list(_op_cases())
+CASES = list(schema_calls())
 # (case, backend) pairs where the backend has a kernel for the op; the rest fall outside the
 # matrix rather than being skipped.
 PAIRS = [(c, b) for c in CASES for b in ("reference", "cpu")

@@ -7,7 +7,22 @@ import edgetam_kernels as ek
 from edgetam_kernels import reference
 from edgetam_kernels.testing import assert_close, to64
 
-from test_ops import perceiver_inputs, perceiver_params, rope_inputs
+from edgetam_kernels.testing.cases import (
+    ROPE_CASES, SPATIAL_PERCEIVER_CASES, perceiver_weights, rope_attention_inputs,
+    spatial_perceiver_inputs,
+)
+
+
+def rope_inputs():
+    return rope_attention_inputs(ROPE_CASES["small"], seed=None)
+
+
+def perceiver_inputs():
+    return spatial_perceiver_inputs(SPATIAL_PERCEIVER_CASES["small"], seed=None)
+
+
+def perceiver_params(depth, self_attn=True):
+    return perceiver_weights(16, 16, 32, depth, self_attn, seed=None)
 
 
 def _rope(**over):
@@ -70,7 +85,7 @@ def test_rope_attention_device_mismatch_names_argument():
 
 
 def test_rope_attention_non_contiguous_views_are_correct():
-    q, k, v, kw = rope_inputs(d=16)
+    q, k, v, kw = rope_inputs()
     qt = q.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, other strides
     kn = torch.cat([k, k], dim=-1)[..., ::2]  # strided view
     out = ek.rope_attention(qt, kn, v, **kw)

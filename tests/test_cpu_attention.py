@@ -14,6 +14,7 @@ import torch
 import edgetam_kernels as ek
 from edgetam_kernels import _registry, cpu, reference
 from edgetam_kernels.testing import TOLERANCE, assert_close, rel_l2, to64
+from edgetam_kernels.testing.cases import CPU_ROPE, ROPE_CASES, RopeCase, rope_attention_inputs
 
 NO_EXT = os.environ.get("EDGETAM_KERNELS_NO_EXT", "") not in ("", "0")
 needs_ext = pytest.mark.skipif(NO_EXT, reason="EDGETAM_KERNELS_NO_EXT=1: C++ extension not built")
@@ -34,28 +35,15 @@ ISAS = cpu.available_isas() or ("scalar",)
 
 def make(b, h, q_grid, d, frames, k_grid, lead, n_ptr, dv=None, dtype=torch.float32, seed=0):
     """q on q_grid; keys: `frames` frames of `lead` unrotated + k_grid rotated, then n_ptr."""
-    g = torch.Generator().manual_seed(seed)
-    n_q = q_grid[0] * q_grid[1]
-    n_k = frames * (lead + k_grid[0] * k_grid[1]) + n_ptr
-    q = torch.randn(b, h, n_q, d, generator=g).to(dtype)
-    k = torch.randn(b, h, n_k, d, generator=g).to(dtype)
-    v = torch.randn(b, h, n_k, dv or d, generator=g).to(dtype)
-    return q, k, v, list(q_grid), list(k_grid), frames, n_ptr
+    return case_args(RopeCase(b, h, q_grid, d, frames, k_grid, lead, n_ptr, dv), dtype, seed)
 
 
-# (batch, heads, q grid, head dim, frames, k grid, unrotated tokens per frame, object pointers, dv)
-CASES = {
-    "sam2_self_8x8": (1, 1, (8, 8), 64, 1, (8, 8), 0, 0, None),
-    "odd_5x7_heads_batch": (2, 3, (5, 7), 36, 3, (2, 3), 4, 16, 20),
-    "edgetam_cross_small": (1, 1, (8, 8), 256, 7, (4, 4), 16, 16, None),
-    "one_frame_no_ptr": (2, 1, (4, 6), 64, 1, (3, 3), 5, 0, None),
-    "all_pointers": (1, 2, (3, 3), 16, 0, (1, 1), 0, 13, 8),
-    "keys_not_tile_multiple": (1, 1, (8, 8), 128, 5, (4, 5), 3, 7, None),  # 122 keys
-    "self_32x32": (1, 1, (32, 32), 64, 1, (32, 32), 0, 0, None),
-    # several query blocks (keys and fp32 values prepared once per head), dv 23: a short last
-    # channel panel on every path, a short last query strip, 43 keys
-    "blocks_odd_dv": (1, 2, (12, 20), 32, 2, (4, 4), 3, 5, 23),
-}
+def case_args(case, dtype=torch.float32, seed=0):
+    q, k, v, kw = rope_attention_inputs(case, dtype, seed=seed)
+    return q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"], kw["num_k_exclude_rope"]
+
+
+CASES = {name: ROPE_CASES[name] for name in CPU_ROPE}
 DTYPES = {
     "fp32": (torch.float32, None),
     "bf16": (torch.bfloat16, None),
@@ -92,8 +80,7 @@ MATRIX = [(isa, dt, case) for isa in ISAS for dt in DTYPES for case in CASES
 @pytest.mark.parametrize("isa,dt,case", MATRIX)
 def test_matches_reference(isa, dt, case):
     dtype, compute = DTYPES[dt]
-    b, h, qg, d, frames, kg, lead, n_ptr, dv = CASES[case]
-    args = make(b, h, qg, d, frames, kg, lead, n_ptr, dv, dtype)
+    args = case_args(CASES[case], dtype)
     ref = reference64(args)
     with cpu.force_isa(isa):
         out = run(args, compute)

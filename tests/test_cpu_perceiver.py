@@ -8,6 +8,9 @@ import torch
 import edgetam_kernels as ek
 from edgetam_kernels import cpu, reference
 from edgetam_kernels.testing import PERCEIVER_BF16_COMPUTE, TOLERANCE, assert_close, rel_l2, to64
+from edgetam_kernels.testing.cases import (
+    CPU_SPATIAL_PERCEIVER, SPATIAL_PERCEIVER_CASES, SpatialPerceiverCase, spatial_perceiver_inputs,
+)
 
 NO_EXT = os.environ.get("EDGETAM_KERNELS_NO_EXT", "") not in ("", "0")
 pytestmark = pytest.mark.skipif(NO_EXT, reason="EDGETAM_KERNELS_NO_EXT=1: C++ extension not built")
@@ -16,43 +19,14 @@ ISAS = cpu.available_isas() or ("scalar",)
 
 def make(b=1, c=64, h=64, l1=256, l2=256, depth=2, inner=64, hidden=256, sa=True, heads=1,
          pos=True, inner_s=None, hidden_s=None, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    inner_s, hidden_s = inner_s or inner, hidden_s or hidden
-    ln = lambda: [1 + 0.1 * r(c), 0.1 * r(c)]  # noqa: E731
-    ws = []
-    for _ in range(depth):
-        ws += ln() + ln() + [r(inner, c) / c**0.5, r(2 * inner, c) / c**0.5, r(c, inner) / inner**0.5]
-        ws += ln() + [r(hidden, c) / c**0.5, r(c, hidden) / hidden**0.5]
-        if sa:
-            ws += ln() + [r(inner_s, c) / c**0.5, r(2 * inner_s, c) / c**0.5, r(c, inner_s) / inner_s**0.5]
-            ws += ln() + [r(hidden_s, c) / c**0.5, r(c, hidden_s) / hidden_s**0.5]
-    x = r(b, c, h, h)
-    p = r(b if pos != "shared" else 1, c, h, h) if pos else None
-    args = [x, p, r(l1, c) if l1 else None, r(l2, c) if l2 else None, ws, *ln()]
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    args = [cast(a) if not isinstance(a, list) else [cast(w) for w in a] for a in args]
-    return args, dict(depth=depth, heads=heads, use_self_attn=sa)
+    """A spatial_perceiver call on an h x h grid; pos True (per sample), "shared" or False."""
+    case = SpatialPerceiverCase(b, c, (h, h), l1, l2, depth, heads, sa,
+                                {True: "batch", "shared": "shared", False: None}[pos], inner,
+                                hidden, inner_s, hidden_s)
+    return spatial_perceiver_inputs(case, dtype, seed=seed)
 
 
-CASES = {
-    "odd_heads3_no_pos": dict(b=2, c=20, h=12, l1=7, l2=9, inner=24, hidden=40, pos=False, heads=3,
-                              inner_s=18, hidden_s=33),
-    "heads2_batch2": dict(b=2, c=36, h=8, l1=5, l2=16, inner=36, hidden=50, heads=2),
-    "patch_only": dict(c=32, h=16, l1=0, l2=16, inner=32, hidden=64),
-    "global_only_no_self_attn": dict(c=32, h=10, l1=9, l2=0, inner=32, hidden=48, sa=False,
-                                     pos="shared", depth=3),
-    "edgetam_32x32": dict(h=32),
-    # several token chunks (the global attention's partial results are merged), the last one
-    # short, and 70 global latents (a partial query block)
-    "global_only_two_chunks": dict(b=2, c=16, h=20, l1=70, l2=0, inner=16, hidden=24),
-    # 2 x 10 token window rows (not a multiple of any vector width); 21 global latents, so a
-    # vector of global columns reaches into the patch columns
-    "windows_2x2_on_10x10": dict(c=24, h=10, l1=21, l2=25, inner=24, hidden=40, heads=2),
-    # a 13 x 13 window grid on 52 x 52: 7 token work items of two window rows each (as at
-    # EdgeTAM's shape), the last one a single row
-    "window_row_chunks_13x13": dict(c=16, h=52, l1=20, l2=169, inner=16, hidden=24),
-}
+CASES = {name: SPATIAL_PERCEIVER_CASES[name] for name in CPU_SPATIAL_PERCEIVER}
 
 
 def ref64(args, kw):
@@ -69,7 +43,7 @@ def check_written(out, ref, budget):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_reference(isa, case):
-    args, kw = make(**CASES[case])
+    args, kw = spatial_perceiver_inputs(CASES[case])
     with cpu.force_isa(isa):
         out = ek.spatial_perceiver(*args, **kw, backend="cpu")
     ref = ref64(args, kw)

@@ -9,6 +9,10 @@ import torch
 import edgetam_kernels as ek
 from edgetam_kernels import _registry, cpu, reference
 from edgetam_kernels.testing import TOLERANCE, assert_close, rel_l2, to64
+from edgetam_kernels.testing.cases import (
+    CPU_PERCEIVER_ATTENTION, PERCEIVER_ATTENTION_CASES, PerceiverAttentionCase,
+    perceiver_attention_inputs,
+)
 
 NO_EXT = os.environ.get("EDGETAM_KERNELS_NO_EXT", "") not in ("", "0")
 pytestmark = pytest.mark.skipif(NO_EXT, reason="EDGETAM_KERNELS_NO_EXT=1: C++ extension not built")
@@ -20,14 +24,8 @@ def make(b=1, l=256, n=4096, c=64, heads=1, inner=None, pos="batch", dtype=torch
          seed=0):
     """latents, x, pos, the four LayerNorm vectors, w_q, w_kv, w_out; pos is "batch" (B, N,
     inner), "shared" (1, N, inner) or None."""
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    inner = inner or c
-    ln = lambda: [1 + 0.1 * r(c), 0.1 * r(c)]  # noqa: E731
-    p = {"batch": lambda: r(b, n, inner), "shared": lambda: r(1, n, inner), None: lambda: None}
-    args = [r(b, l, c), r(b, n, c), p[pos](), *ln(), *ln(), r(inner, c) / c**0.5,
-            r(2 * inner, c) / c**0.5, r(c, inner) / inner**0.5]
-    return [None if t is None else t.to(dtype) for t in args], heads
+    return perceiver_attention_inputs(PerceiverAttentionCase(b, l, n, c, heads, inner, pos),
+                                      dtype, seed=seed)
 
 
 def run(args, heads, backend="cpu"):
@@ -45,26 +43,13 @@ def check_written(out, ref, budget):
     assert (out.double() - ref).abs().amax() <= 40 * budget * ref.abs().amax()
 
 
-CASES = {
-    # EdgeTAM's global latents over a 64 x 64 memory frame: 8 key chunks of 512
-    "edgetam_shape": dict(),
-    "one_latent_one_token": dict(l=1, n=1, pos="shared"),
-    # 33 keys: one short chunk, one short key tile; 3 heads of 16
-    "l7_n33_c48_heads3_batch3": dict(b=3, l=7, n=33, c=48, heads=3),
-    # 1003 keys: 8 chunks of 128 (96 + 32 keys), the last 107 (96 + 11); 300 latents: five
-    # latent column chunks and query blocks, the last 44 wide
-    "l300_n1003_c96_heads2": dict(l=300, n=1003, c=96, heads=2, pos=None),
-    # inner dim 48 != C 32 (pos has inner channels), shared pos
-    "inner48_c32_heads2_batch2": dict(b=2, l=20, n=200, c=32, inner=48, heads=2, pos="shared"),
-    # EdgeTAM's latent self-attention shape (the adapters call the op with x = latents)
-    "self_attention_256": dict(l=256, n=256, pos=None),
-}
+CASES = {name: PERCEIVER_ATTENTION_CASES[name] for name in CPU_PERCEIVER_ATTENTION}
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_reference(isa, case):
-    args, heads = make(**CASES[case])
+    args, heads = perceiver_attention_inputs(CASES[case])
     with cpu.force_isa(isa):
         out = run(args, heads)
     ref = ref64(args, heads)
@@ -98,11 +83,11 @@ def test_reduced_precision_inputs(isa, dtype):
 def test_threads_do_not_change_results(case):
     """Key chunks depend on the shape alone, and with few of them queries are split between
     items instead; neither may change a bit. Also the query split with one key chunk."""
-    cases = [CASES[case], dict(l=300, n=64, c=32, heads=2)]
+    cases = [CASES[case], PerceiverAttentionCase(latents=300, tokens=64, dim=32, heads=2)]
     before = torch.get_num_threads()
     try:
         for kw in cases:
-            args, heads = make(**kw)
+            args, heads = perceiver_attention_inputs(kw)
             outs = []
             for t in (1, 2, 3):
                 torch.set_num_threads(t)
@@ -175,7 +160,7 @@ def test_budget_catches_wrong_kernels():
     """The budget separates this kernel from plausible wrong ones at the tested shapes: pos
     missing from v (or k), the last key skipped, LN_x's bias dropped."""
     for kw in (CASES["edgetam_shape"], CASES["l7_n33_c48_heads3_batch3"]):
-        args, heads = make(**kw)
+        args, heads = perceiver_attention_inputs(kw)
         a64 = to64(args)
         ref = ref64(args, heads)
         lat, x, pos, lw, lb, xw, xb, wq, wkv, wout = a64

@@ -7,6 +7,7 @@ pairs, transposes or pads anything wrongly lands orders of magnitude away.
 """
 
 import math
+import os
 from unittest import mock
 
 import pytest
@@ -14,13 +15,21 @@ import torch
 
 from edgetam_kernels import cpu, reference
 from edgetam_kernels.testing import rel_l2, to64
+from edgetam_kernels.testing.cases import (
+    CPU_SPATIAL_PERCEIVER, SPATIAL_PERCEIVER_CASES, SpatialPerceiverCase, spatial_perceiver_inputs,
+)
 
-from test_cpu_perceiver import CASES, NO_EXT, make, ref64
-
+NO_EXT = os.environ.get("EDGETAM_KERNELS_NO_EXT", "") not in ("", "0")
 pytestmark = pytest.mark.skipif(NO_EXT, reason="EDGETAM_KERNELS_NO_EXT=1: C++ extension not built")
 ISAS = cpu.available_isas() or ("scalar",)
 AMX = "avx512_amx" in ISAS
-GLOBAL_CASES = {k: v for k, v in CASES.items() if v.get("l1", 256)} | {"edgetam_64x64": {}}
+CASES = {name: SPATIAL_PERCEIVER_CASES[name] for name in CPU_SPATIAL_PERCEIVER}
+GLOBAL_CASES = ({k: v for k, v in CASES.items() if v.global_latents}
+                | {"edgetam_64x64": SpatialPerceiverCase()})
+
+
+def ref64(args, kw):
+    return reference.spatial_perceiver(*to64(args), kw["depth"], kw["heads"], kw["use_self_attn"], 1e-5)
 
 
 def _bf16(t):
@@ -59,7 +68,7 @@ def _run(args, kw, compute_dtype):
 @pytest.mark.skipif(not AMX, reason="no AMX here: bf16 compute runs in fp32 (tested below)")
 @pytest.mark.parametrize("case", list(GLOBAL_CASES))
 def test_amx_matches_bf16_emulation(case):
-    args, kw = make(**GLOBAL_CASES[case])
+    args, kw = spatial_perceiver_inputs(GLOBAL_CASES[case])
     with cpu.force_isa("avx512_amx"):
         out = _run(args, kw, torch.bfloat16)
     ref = ref64(args, kw)
@@ -78,14 +87,15 @@ def test_amx_matches_bf16_emulation(case):
 @pytest.mark.parametrize("isa", [i for i in ISAS if i != "avx512_amx"])
 def test_without_amx_bf16_compute_is_fp32(isa):
     """bf16 compute is a permission: without AMX the kernel computes in fp32, bit for bit."""
-    args, kw = make(**CASES["windows_2x2_on_10x10"])
+    args, kw = spatial_perceiver_inputs(CASES["windows_2x2_on_10x10"])
     with cpu.force_isa(isa):
         assert torch.equal(_run(args, kw, torch.bfloat16), _run(args, kw, None))
 
 
 @pytest.mark.skipif(not AMX, reason="no AMX here")
 def test_amx_threads_do_not_change_results():
-    args, kw = make(c=32, h=16, l1=70, l2=16, inner=32, hidden=48, heads=2)
+    args, kw = spatial_perceiver_inputs(
+        SpatialPerceiverCase(1, 32, (16, 16), 70, 16, inner=32, hidden=48, heads=2))
     before = torch.get_num_threads()
     try:
         outs = []
@@ -101,7 +111,8 @@ def test_amx_threads_do_not_change_results():
 
 @pytest.mark.skipif(not AMX, reason="no AMX here")
 def test_amx_nan_input_propagates_like_fp32():
-    args, kw = make(c=32, h=8, l1=4, l2=16, inner=32, hidden=64)
+    args, kw = spatial_perceiver_inputs(
+        SpatialPerceiverCase(1, 32, (8, 8), 4, 16, inner=32, hidden=64))
     args[0][0, 3, 2, 5] = float("nan")
     with cpu.force_isa("avx512_amx"):
         out = _run(args, kw, torch.bfloat16)

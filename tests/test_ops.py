@@ -12,45 +12,23 @@ import torch
 import edgetam_kernels as ek
 from edgetam_kernels import reference
 from edgetam_kernels.testing import TOLERANCE, assert_close, rel_l2, to64
+from edgetam_kernels.testing.cases import (
+    SPATIAL_PERCEIVER_CASES, RopeCase, perceiver_weights, rope_attention_inputs, schema_calls,
+    spatial_perceiver_inputs,
+)
 
 
 def rope_inputs(b=2, h=1, grid=(4, 6), frames=2, frame_len=7, k_grid=(2, 3), ptr=3, d=16,
                 dv=None, dtype=torch.float32):
-    n_q = grid[0] * grid[1]
-    n_k = frames * frame_len + ptr
-    q = torch.randn(b, h, n_q, d, dtype=dtype)
-    k = torch.randn(b, h, n_k, d, dtype=dtype)
-    v = torch.randn(b, h, n_k, dv or d, dtype=dtype)
-    kw = dict(q_grid=grid, k_grid=k_grid, k_repeat=frames, num_k_exclude_rope=ptr)
-    return q, k, v, kw
+    """The "small" case with changes; frames of frame_len keys, the last k_grid of them rotated."""
+    lead = frame_len - k_grid[0] * k_grid[1]
+    case = RopeCase(b, h, grid, d, frames, k_grid, lead, ptr, dv)
+    return rope_attention_inputs(case, dtype, seed=None)
 
 
-def perceiver_params(c=16, inner=16, hidden=32, depth=2, self_attn=True, dtype=torch.float32):
-    ws = []
-    for _ in range(depth):
-        layer = [1 + 0.1 * torch.randn(c), 0.1 * torch.randn(c), 1 + 0.1 * torch.randn(c),
-                 0.1 * torch.randn(c), torch.randn(inner, c) / c**0.5,
-                 torch.randn(2 * inner, c) / c**0.5, torch.randn(c, inner) / inner**0.5,
-                 1 + 0.1 * torch.randn(c), 0.1 * torch.randn(c), torch.randn(hidden, c) / c**0.5,
-                 torch.randn(c, hidden) / hidden**0.5]
-        if self_attn:
-            layer += [1 + 0.1 * torch.randn(c), 0.1 * torch.randn(c),
-                      torch.randn(inner, c) / c**0.5, torch.randn(2 * inner, c) / c**0.5,
-                      torch.randn(c, inner) / inner**0.5, 1 + 0.1 * torch.randn(c),
-                      0.1 * torch.randn(c), torch.randn(hidden, c) / c**0.5,
-                      torch.randn(c, hidden) / hidden**0.5]
-        ws += layer
-    return [w.to(dtype) for w in ws]
-
-
-def perceiver_inputs(b=2, c=16, grid=8, l1=5, l2=4, depth=2, self_attn=True, dtype=torch.float32):
-    x = torch.randn(b, c, grid, grid, dtype=dtype)
-    pos = torch.randn(b, c, grid, grid, dtype=dtype)
-    lat1 = torch.randn(l1, c, dtype=dtype) if l1 else None
-    lat2 = torch.randn(l2, c, dtype=dtype) if l2 else None
-    ws = perceiver_params(c, depth=depth, self_attn=self_attn, dtype=dtype)
-    norm_w, norm_b = 1 + 0.1 * torch.randn(c, dtype=dtype), 0.1 * torch.randn(c, dtype=dtype)
-    return (x, pos, lat1, lat2, ws, norm_w, norm_b), dict(depth=depth, use_self_attn=self_attn)
+def perceiver_inputs(dtype=torch.float32, **changes):
+    case = SPATIAL_PERCEIVER_CASES["small"].with_(**changes)
+    return spatial_perceiver_inputs(case, dtype, seed=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +70,8 @@ def test_reference_rope_attention_matches_textbook_formula():
 
 def test_reference_spatial_perceiver_windows_match_explicit_loop():
     """Patch latent j must see exactly window (j // nw, j % nw), tokens row-major."""
-    args, kw = perceiver_inputs(b=1, grid=8, l1=0, l2=4, depth=1, dtype=torch.float64)
+    args, kw = perceiver_inputs(batch=1, global_latents=0, patch_latents=4, depth=1,
+                                dtype=torch.float64)
     x, pos, _, lat2, ws, nw_, nb_ = args
     out = ek.spatial_perceiver(x, None, None, lat2, ws, nw_, nb_, backend="reference", **kw)
     for j in range(4):
@@ -124,7 +103,7 @@ def test_reference_perceiver_compute_dtype_none_is_the_input_dtype(dtype):
 
 @pytest.mark.parametrize("compute_dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_reference_perceiver_compute_dtype_reaches_only_global_cross_attention(compute_dtype):
-    args, kw = perceiver_inputs(l1=5, l2=4)
+    args, kw = perceiver_inputs(global_latents=5, patch_latents=4)
     base = _sp_ref(args, kw)
     low = _sp_ref(args, kw, compute_dtype)
     assert low.dtype == torch.float32
@@ -141,29 +120,13 @@ def test_reference_perceiver_compute_dtype_reaches_only_global_cross_attention(c
 # ---------------------------------------------------------------------------------------------
 
 
-def _op_cases():
-    q, k, v, kw = rope_inputs()
-    yield "rope_attention", torch.ops.edgetam.rope_attention, (
-        q, k, v, list(kw["q_grid"]), list(kw["k_grid"]), kw["k_repeat"],
-        kw["num_k_exclude_rope"], 10000.0, 0.25, None, "reference")
-    lat, x = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
-    p = perceiver_params(depth=1, self_attn=False)
-    yield "perceiver_attention", torch.ops.edgetam.perceiver_attention, (
-        lat, x, torch.randn(2, 9, 16), *p[:7], 1, 1e-5, "reference")
-    args, pkw = perceiver_inputs()
-    for compute_dtype in (None, torch.bfloat16):
-        yield f"spatial_perceiver compute_dtype={compute_dtype}", \
-            torch.ops.edgetam.spatial_perceiver, \
-            (*args, pkw["depth"], 1, pkw["use_self_attn"], 1e-5, compute_dtype, "reference")
-
-
-@pytest.mark.parametrize("case", list(_op_cases()), ids=lambda c: c[0])
+@pytest.mark.parametrize("case", list(schema_calls()), ids=lambda c: c[0])
 def test_opcheck(case):
     _, op, args = case
     torch.library.opcheck(op, args)
 
 
-@pytest.mark.parametrize("case", list(_op_cases()), ids=lambda c: c[0])
+@pytest.mark.parametrize("case", list(schema_calls()), ids=lambda c: c[0])
 def test_opcheck_with_grad(case):
     _, op, args = case
     args = tuple(
@@ -203,9 +166,10 @@ def test_gradcheck_rope_attention():
 
 
 def test_gradcheck_spatial_perceiver():
-    (x, pos, l1, l2, ws, nw_, nb_), pkw = perceiver_inputs(b=1, c=8, grid=4, l1=2, l2=4, depth=1,
-                                                           dtype=torch.float64)
-    ws = [w[:] for w in perceiver_params(8, 8, 8, depth=1, dtype=torch.float64)]
+    (x, pos, l1, l2, ws, nw_, nb_), pkw = perceiver_inputs(
+        batch=1, dim=8, grid=(4, 4), global_latents=2, patch_latents=4, depth=1, hidden=8,
+        dtype=torch.float64)
+    ws = [w[:] for w in perceiver_weights(8, 8, 8, depth=1, dtype=torch.float64, seed=None)]
     x.requires_grad_()
     l1.requires_grad_()
     ws[5].requires_grad_()

@@ -303,7 +303,7 @@ def test_onednn_post_ops_match_the_plain_path(monkeypatch):
     """On CPU the MLPs run as oneDNN convolutions with GELU / the residual add fused in; the
     result equals the plain fused path (conv, NHWC GELU, conv, add), and that path still runs
     where the fused ops are unavailable."""
-    from edgetam_kernels import _adapters_repvit as R
+    from edgetam_kernels.patch import repvit as R
 
     if not R._conv_pointwise_works():
         pytest.skip("this torch has no oneDNN fused-conv ops (the plain path is tested above)")
@@ -331,7 +331,7 @@ def test_onednn_post_ops_match_the_plain_path(monkeypatch):
 def test_onednn_post_ops_step_aside_for_autocast(monkeypatch):
     """Under CPU autocast the plain path runs, so the convs follow autocast as unpatched ones
     do; the once-per-process probe, first run under autocast, still sees the fp32 ops."""
-    from edgetam_kernels import _adapters_repvit as R
+    from edgetam_kernels.patch import repvit as R
 
     outside = R._probe_conv_pointwise()
     monkeypatch.setattr(R, "_CONV_POINTWISE", None)

@@ -1,4 +1,4 @@
-"""patch(..., fuse_encoder=True) around the FPN neck (edgetam_kernels/_adapters_fpn.py).
+"""patch(..., fuse_encoder=True) around the FPN neck (edgetam_kernels/patch/fpn.py).
 
 Meta's `forward_image` and HF's `get_image_features` with the lateral conv of levels 0 and 1
 folded into the mask decoder's conv_s0 / conv_s1, and the sine position encodings served from
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import edgetam_kernels as ek
-from edgetam_kernels import _adapters_fpn
+from edgetam_kernels.patch import fpn as _adapters_fpn
 from edgetam_kernels.testing import rel_l2
 
 import _models as M
@@ -111,7 +111,7 @@ def test_the_hosts_own_calls_take_the_fold(case, monkeypatch):
 def test_trunk_layout_kept_inside_the_fold_only(case, monkeypatch):
     """On CPU the fold reads the trunk's channels-last outputs as they are (no contiguous
     copies); a direct call of the trunk still gets contiguous ones."""
-    from edgetam_kernels import _adapters_repvit
+    from edgetam_kernels.patch import repvit as _adapters_repvit
 
     kind, model, x, (maps0, _), _ = case
     patched = _patched(kind, model)

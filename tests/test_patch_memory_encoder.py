@@ -1,5 +1,5 @@
 """patch(..., fuse_memory_encoder=True): the memory encoder channels-last on CPU
-(edgetam_kernels/_adapters_memory_encoder.py).
+(edgetam_kernels/patch/memory_encoder.py).
 
 Meta's MemoryEncoder, HF's EdgeTamVideoMemoryEncoder and ours, and their mask downsampler,
 fuser and ConvNeXt block patched alone, with random weights (LayerNorm affines, layer scales
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import edgetam_kernels as ek
-from edgetam_kernels import _adapters_memory_encoder as A
+from edgetam_kernels.patch import memory_encoder as A
 from edgetam_kernels.patch import is_patched, patched_modules
 from edgetam_kernels.testing import rel_l2
 

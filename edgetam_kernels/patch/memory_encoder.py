@@ -31,7 +31,8 @@ The same function in exact arithmetic; in fp32 the rounding differs at the 1e-7 
 Patched classes (each can also be patched alone): the memory encoder, the mask downsampler,
 the fuser and the ConvNeXt block, for Meta (`sam2.modeling.memory_encoder`), HF
 (`EdgeTamVideoMemoryEncoder`, `...MaskDownSampler`, `...MemoryFuser`, `...MemoryFuserCXBlock`)
-and ours (`edgetam.memory`). The fused path runs only where it computes what the original
+and any model that registers its classes with `register_classes` (edgetam/ does, for
+`edgetam.memory`). The fused path runs only where it computes what the original
 would: CPU float32 tensors, eval mode, no gradient wanted (for the inputs or any weight), no CPU
 autocast, not under torch.compile, and every bypassed submodule of a known class with the
 expected structure, without hooks (module or global) and without an instance forward (other
@@ -48,16 +49,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .derived import cached
-from .patch import _STATE, _MISSING, _PatchedForward, _class_key, register_adapter
-from .reparam import work_dtype
+from ..derived import cached
+from ._core import class_key, has_own_forward, register_adapter
+from ..reparam import work_dtype
 
 _OPTION = "fuse_memory_encoder"
 _META = "sam2.modeling.memory_encoder"
 _HF = "transformers.models.edgetam_video.modeling_edgetam_video"
-_OURS = "edgetam.memory"
 
-_LN2D = ("sam2.modeling.sam2_utils.LayerNorm2d", "edgetam.common.LayerNorm2d")
+# Channels-first LayerNorms with `weight`, `bias`, `eps` over dim 1 (other models add theirs)
+LAYER_NORMS_2D = {"sam2.modeling.sam2_utils.LayerNorm2d"}
 _HF_LN = f"{_HF}.EdgeTamVideoLayerNorm"
 _HF_GELU = "transformers.activations.GELUActivation"
 _META_DROP_PATH = "sam2.modeling.sam2_utils.DropPath"
@@ -148,8 +149,8 @@ def _vector(t, n: int) -> bool:
 def _norm(m, channels: int, w: _Walk) -> Optional[_Norm]:
     """A channels-first LayerNorm over `channels` (Meta's and our LayerNorm2d, HF's
     EdgeTamVideoLayerNorm with data_format="channels_first")."""
-    key = _class_key(m)
-    if key in _LN2D:
+    key = class_key(m)
+    if key in LAYER_NORMS_2D:
         ok = isinstance(m.weight, Tensor) and isinstance(m.bias, Tensor)
     elif key == _HF_LN:
         ok = m.data_format == "channels_first" and tuple(m.normalized_shape) == (channels,)
@@ -166,7 +167,7 @@ def _gelu(m, w: _Walk) -> Optional[str]:
     if type(m) is nn.GELU:
         w.add(m)
         return m.approximate
-    if _class_key(m) == _HF_GELU and m.__dict__.get("act") is F.gelu:
+    if class_key(m) == _HF_GELU and m.__dict__.get("act") is F.gelu:
         w.add(m)
         return "none"
     return None
@@ -182,21 +183,29 @@ def _same_size(c: nn.Conv2d) -> bool:
             and all(2 * p == d * (k - 1) for p, d, k in zip(c.padding, c.dilation, c.kernel_size)))
 
 
+# ConvNeXt block class -> its (depth-wise conv, LayerNorm, Linear 1, GELU or None for a
+# functional exact GELU, Linear 2, layer scale) attribute names
+BLOCKS = {
+    f"{_META}.CXBlock": ("dwconv", "norm", "pwconv1", "act", "pwconv2", "gamma"),
+    f"{_HF}.EdgeTamVideoMemoryFuserCXBlock": ("depthwise_conv", "layer_norm", "pointwise_conv1",
+                                              "activation", "pointwise_conv2", "scale"),
+}
+# fuser class -> the attribute name of its input projection (None: it has none)
+FUSERS = {f"{_META}.Fuser": "proj", f"{_HF}.EdgeTamVideoMemoryFuser": None}
+# mask downsamplers written as an nn.Sequential `encoder` of [conv, LayerNorm, GELU] x k + conv
+SEQUENTIAL_DOWNSAMPLERS = {f"{_META}.MaskDownSampler"}
+
+
 def _block(m, w: _Walk) -> Optional[_Block]:
-    key = _class_key(m)
+    key = class_key(m)
+    names = BLOCKS.get(key)
+    if names is None:
+        return None
     if key == f"{_META}.CXBlock":
-        names = ("dwconv", "norm", "pwconv1", "act", "pwconv2", "gamma")
         drop = m._modules.get("drop_path")
-        if not (type(drop) is nn.Identity or _class_key(drop) == _META_DROP_PATH):
+        if not (type(drop) is nn.Identity or class_key(drop) == _META_DROP_PATH):
             return None
         w.add(drop)
-    elif key == f"{_HF}.EdgeTamVideoMemoryFuserCXBlock":
-        names = ("depthwise_conv", "layer_norm", "pointwise_conv1", "activation",
-                 "pointwise_conv2", "scale")
-    elif key == f"{_OURS}.CXBlock":
-        names = ("dwconv", "norm", "pwconv1", None, "pwconv2", "gamma")
-    else:
-        return None
     dw = getattr(m, names[0], None)
     if not (_conv(dw) and _same_size(dw)):
         return None
@@ -214,8 +223,8 @@ def _block(m, w: _Walk) -> Optional[_Block]:
 
 
 def _fuser(m, w: _Walk) -> Optional[_Fuser]:
-    key = _class_key(m)
-    if key not in (f"{_META}.Fuser", f"{_HF}.EdgeTamVideoMemoryFuser", f"{_OURS}.Fuser"):
+    key = class_key(m)
+    if key not in FUSERS:
         return None
     layers = m._modules.get("layers")
     if type(layers) is not nn.ModuleList or len(layers) == 0:
@@ -226,7 +235,7 @@ def _fuser(m, w: _Walk) -> Optional[_Fuser]:
     c = blocks[0].dwconv.in_channels
     if any(b.dwconv.in_channels != c for b in blocks):
         return None
-    proj = m._modules.get("proj") if key == f"{_META}.Fuser" else None
+    proj = m._modules.get(FUSERS[key]) if FUSERS[key] is not None else None
     if type(proj) is nn.Identity:
         w.add(proj)
         proj = None
@@ -239,8 +248,8 @@ def _fuser(m, w: _Walk) -> Optional[_Fuser]:
 
 
 def _downsampler(m, w: _Walk) -> Optional[_Downsampler]:
-    key = _class_key(m)
-    if key in (f"{_META}.MaskDownSampler", f"{_OURS}.MaskDownSampler"):
+    key = class_key(m)
+    if key in SEQUENTIAL_DOWNSAMPLERS:
         seq = m._modules.get("encoder")
         if type(seq) is not nn.Sequential or len(seq) < 4 or len(seq) % 3 != 1:
             return None
@@ -254,7 +263,7 @@ def _downsampler(m, w: _Walk) -> Optional[_Downsampler]:
             return None
         triples = []
         for layer in layers:
-            if _class_key(layer) != f"{_HF}.EdgeTamVideoMaskDownSamplerLayer":
+            if class_key(layer) != f"{_HF}.EdgeTamVideoMaskDownSamplerLayer":
                 return None
             triples.append([layer._modules.get(n) for n in ("conv", "layer_norm", "activation")])
             w.add(layer)
@@ -279,16 +288,15 @@ def _downsampler(m, w: _Walk) -> Optional[_Downsampler]:
     return _Downsampler(tuple(stages), final)
 
 
-_ENCODERS = {  # class -> (downsampler, image-feature projection, fuser, output projection)
+ENCODERS = {  # class -> (downsampler, image-feature projection, fuser, output projection)
     f"{_META}.MemoryEncoder": ("mask_downsampler", "pix_feat_proj", "fuser", "out_proj"),
     f"{_HF}.EdgeTamVideoMemoryEncoder": ("mask_downsampler", "feature_projection",
                                          "memory_fuser", "projection"),
-    f"{_OURS}.MemoryEncoder": ("mask_downsampler", "pix_feat_proj", "fuser", "out_proj"),
 }
 
 
 def _encoder(m, w: _Walk) -> Optional[_Encoder]:
-    names = _ENCODERS.get(_class_key(m))
+    names = ENCODERS.get(class_key(m))
     if names is None:
         return None
     ds = _downsampler(m._modules.get(names[0]), w)
@@ -326,14 +334,10 @@ def _untouched(modules: Sequence[nn.Module], root: nn.Module) -> bool:
             continue
         if m._forward_hooks or m._forward_pre_hooks:
             return False
-        inst = m.__dict__.get("forward")
-        if inst is not None:
-            # this library's own patch of a submodule computes the same function; anything
-            # else the user put there might not
-            state = m.__dict__.get(_STATE)
-            if not (isinstance(inst, _PatchedForward) and state is not None
-                    and state["forward"] is _MISSING):
-                return False
+        # this library's own patch of a submodule computes the same function; anything
+        # else the user put there might not
+        if has_own_forward(m):
+            return False
     return True
 
 
@@ -676,19 +680,21 @@ def _hf_encoder(module, state, original):
     return forward
 
 
-def _our_encoder(module, state, original):
-    def forward(self, pix_feat, masks):
-        rec = _plan(_encoder, self) if _tensors(pix_feat, masks) else None
-        if not _encoder_ready(rec, pix_feat, masks) or not _fits(_out_grid(rec, masks), pix_feat):
-            return original(pix_feat, masks)
-        from edgetam.common import sine_position_encoding
+def tuple_encoder(position):
+    """Adapter factory for a memory encoder called as forward(pix_feat, masks) -> (features,
+    pos) with pos = position(features) (for `register_classes`)."""
+    def adapter(module, state, original):
+        def forward(self, pix_feat, masks):
+            rec = _plan(_encoder, self) if _tensors(pix_feat, masks) else None
+            if (not _encoder_ready(rec, pix_feat, masks)
+                    or not _fits(_out_grid(rec, masks), pix_feat)):
+                return original(pix_feat, masks)
+            x = _encode(state, rec, pix_feat, masks)
+            return x, position(x)
 
-        x = _encode(state, rec, pix_feat, masks)
-        b, c, h, w = x.shape
-        pos = sine_position_encoding(c, h, w, x.device).to(x.dtype)[None].expand(b, -1, -1, -1)
-        return x, pos
+        return forward
 
-    return forward
+    return adapter
 
 
 def _out_size(n: int, conv: nn.Conv2d, dim: int) -> int:
@@ -708,12 +714,34 @@ def _out_grid(rec: _Encoder, masks: Tensor) -> Tuple[int, int, int]:
     return (rec.downsampler.final.out_channels, h, w)
 
 
-for _prefix, _names in ((_META, ("CXBlock", "Fuser", "MaskDownSampler", "MemoryEncoder")),
-                        (_HF, ("EdgeTamVideoMemoryFuserCXBlock", "EdgeTamVideoMemoryFuser",
-                               "EdgeTamVideoMaskDownSampler", "EdgeTamVideoMemoryEncoder")),
-                        (_OURS, ("CXBlock", "Fuser", "MaskDownSampler", "MemoryEncoder"))):
-    _kinds = (_block, _fuser, _downsampler, _encoder)
-    _forwards = (_nchw_blocks(_block), _nchw_blocks(_fuser), _downsampler_forward,
-                 {_META: _meta_encoder, _HF: _hf_encoder, _OURS: _our_encoder}[_prefix])
-    for _name, _kind, _fwd in zip(_names, _kinds, _forwards):
-        register_adapter(f"{_prefix}.{_name}", _OPTION)(_check(_kind, _fwd))
+def _register(block: str, fuser: str, downsampler: str, encoder: str, encoder_adapter) -> None:
+    for name, kind, fwd in ((block, _block, _nchw_blocks(_block)),
+                            (fuser, _fuser, _nchw_blocks(_fuser)),
+                            (downsampler, _downsampler, _downsampler_forward),
+                            (encoder, _encoder, encoder_adapter)):
+        register_adapter(name, _OPTION)(_check(kind, fwd))
+
+
+def register_classes(*, block: str, block_parts: tuple, fuser: str, fuser_projection: Optional[str],
+                     downsampler: str, encoder: str, encoder_parts: tuple, encoder_adapter,
+                     layer_norm_2d: Optional[str] = None) -> None:
+    """Let patch() run another model's memory encoder channels-last (edgetam/ uses this).
+
+    Classes are "module.ClassName" strings, their structure as in Meta's: block_parts the
+    ConvNeXt block's attribute names (see BLOCKS), fuser_projection the fuser's input
+    projection or None, a downsampler with an nn.Sequential `encoder` (as Meta's), encoder_parts
+    (see ENCODERS), encoder_adapter the encoder's forward factory (e.g. `tuple_encoder(pos)`),
+    layer_norm_2d the class of its channels-first LayerNorm (weight, bias, eps)."""
+    BLOCKS[block] = tuple(block_parts)
+    FUSERS[fuser] = fuser_projection
+    SEQUENTIAL_DOWNSAMPLERS.add(downsampler)
+    ENCODERS[encoder] = tuple(encoder_parts)
+    if layer_norm_2d is not None:
+        LAYER_NORMS_2D.add(layer_norm_2d)
+    _register(block, fuser, downsampler, encoder, encoder_adapter)
+
+
+_register(f"{_META}.CXBlock", f"{_META}.Fuser", f"{_META}.MaskDownSampler",
+          f"{_META}.MemoryEncoder", _meta_encoder)
+_register(f"{_HF}.EdgeTamVideoMemoryFuserCXBlock", f"{_HF}.EdgeTamVideoMemoryFuser",
+          f"{_HF}.EdgeTamVideoMaskDownSampler", f"{_HF}.EdgeTamVideoMemoryEncoder", _hf_encoder)

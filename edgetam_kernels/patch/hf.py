@@ -22,13 +22,13 @@ from typing import Optional
 
 import torch
 
-from . import ops
-from ._adapters_common import (
+from .. import ops
+from ..layers import (
     MLP, Norm, Projections, Rope, attend, common_eps, latent_rope, lookup,
     memory_attention_layer, perceiver_layer,
 )
-from .derived import cached
-from .patch import register_adapter
+from ..derived import cached
+from ._core import register_adapter
 
 _HF = "transformers.models.edgetam_video.modeling_edgetam_video"
 

@@ -1,18 +1,19 @@
-"""patch() / unpatch(): run existing EdgeTAM models on edgetam_kernels' ops.
+"""The patch machinery: the adapter registry, patch() / unpatch() over a module tree.
 
 Live instances are patched by giving the module an instance-level `forward` (the class is left
 alone, so `isinstance` checks in the host model keep working); `unpatch` deletes it again, which
 restores the original behaviour exactly. Patching twice only updates the options. A few adapters
 replace another method of a whole model instead of `forward` (Meta's `forward_image`, HF's
-`get_image_features`: the image features' FPN fold, `_adapters_fpn.py`), the same way.
+`get_image_features`: the image features' FPN fold, `fpn.py`), the same way.
 
-The per-model knowledge (which classes, where their weights live, their calling conventions)
-sits in small adapters: `_adapters_sam2.py` (Meta's `sam2` package / edgetam-dimos) and
-`_adapters_hf.py` (Hugging Face transformers). Each adapter maps a class name to a function
-building the replacement forward; the computation those forwards share (fused projections,
-RoPE attention, LayerNorm, MLP, perceiver layers) is written once in `_adapters_common.py`.
-The image encoder's RepViT (timm's, in both hosts, and our own) gets re-parameterised forwards
-from `_adapters_repvit.py`, gated by the `fuse_encoder` option.
+This module sits at the bottom of the package and imports none of the adapters. The per-model
+knowledge (which classes, where their weights live, their calling conventions) sits in one module
+per host family beside it, each registering its adapters here with `register_adapter`: `sam2.py`
+(Meta's `sam2` package / edgetam-dimos), `hf.py` (Hugging Face transformers), `repvit.py` (the
+RepViT image encoder), `fpn.py` (the FPN neck), `memory_encoder.py`. The computation those
+adapters share (fused projections, RoPE attention, LayerNorm, MLP, perceiver layers) is
+`edgetam_kernels.layers`. Other models register their own classes the same way (edgetam/ does,
+in edgetam/kernel_adapters.py).
 """
 
 from __future__ import annotations
@@ -67,26 +68,39 @@ def register_adapter(qualified_class_name: str, option: Optional[str] = None,
     return deco
 
 
-def _class_key(m: nn.Module) -> str:
+def class_key(m: nn.Module) -> str:
+    """"module.path.ClassName" of `m`'s class: the key adapters are registered under."""
     cls = type(m)
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _load_adapters() -> None:
-    from . import _adapters_sam2  # noqa: F401
-    from . import _adapters_hf  # noqa: F401
-    from . import _adapters_edgetam  # noqa: F401
-    from . import _adapters_repvit  # noqa: F401
-    from . import _adapters_fpn  # noqa: F401
-    from . import _adapters_memory_encoder  # noqa: F401
+def register_like(qualified_class_name: str, like: str) -> None:
+    """Patch `qualified_class_name` with the adapter (and option gate, and method) registered
+    for `like`: for a model whose class has the same attributes and forward as a known one."""
+    if like not in ADAPTERS:
+        raise KeyError(f"register_like: no adapter is registered for {like}")
+    register_adapter(qualified_class_name, GATES.get(like), METHODS.get(like, "forward"))(
+        ADAPTERS[like])
 
 
 def is_patched(m: nn.Module) -> bool:
     return _STATE in m.__dict__
 
 
+def has_own_forward(m: nn.Module) -> bool:
+    """Whether `m` carries an instance `forward` that is not this library's patch of its class
+    forward (a user's wrapper, a hook-like replacement): then its computation may differ from its
+    class's, and an adapter bypassing `m` must not skip it."""
+    inst = m.__dict__.get("forward")
+    if inst is None:
+        return False
+    state = m.__dict__.get(_STATE)
+    return not (isinstance(inst, _PatchedForward) and state is not None
+                and state["forward"] is _MISSING)
+
+
 def _patch_module(m: nn.Module, options: dict) -> bool:
-    key = _class_key(m)
+    key = class_key(m)
     factory = ADAPTERS.get(key)
     if factory is None:
         return False
@@ -133,9 +147,11 @@ class _Built:
 
 
 def _build(m: nn.Module, state: dict):
-    """Runs the adapter's factory for `m`; None where it declines (nothing to speed up)."""
-    _load_adapters()  # a patched module unpickled in a fresh process
-    impl = ADAPTERS[_class_key(m)](m, state, _original(m, state))
+    """Runs the adapter's factory for `m`; None where it declines (nothing to speed up). A
+    module unpickled in a fresh process finds the adapters registered: unpickling imported this
+    package (whose __init__ imports every host module) and the module's own (edgetam/'s
+    registrations come with importing that package)."""
+    impl = ADAPTERS[class_key(m)](m, state, _original(m, state))
     state["built"] = _Built(impl)
     return impl
 
@@ -213,7 +229,7 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
     the weights change). CPU float32 without gradients, autocast or hooks only; elsewhere the
     original runs. False leaves it (and switches off an earlier True).
     """
-    from ._registry import requested
+    from .._registry import requested
 
     requested(backend)
     if not isinstance(obj, nn.Module):
@@ -221,13 +237,12 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
             f"patch() takes an nn.Module (a model, a predictor or one of their modules), "
             f"got {type(obj).__name__}"
         )
-    _load_adapters()
     options = {"backend": backend, "compute_dtype": compute_dtype,
                "fuse_encoder": bool(fuse_encoder),
                "fuse_memory_encoder": bool(fuse_memory_encoder)}
     count = sum(_patch_module(m, options) for m in obj.modules())
     if count == 0:
-        found = sorted({_class_key(m) for m in obj.modules()})[:12]
+        found = sorted({class_key(m) for m in obj.modules()})[:12]
         raise TypeError(
             f"patch() found nothing to patch in {type(obj).__name__}: none of its modules is an "
             f"EdgeTAM perceiver, RoPE attention, RepViT encoder or memory encoder this library "
@@ -244,21 +259,6 @@ def unpatch(obj):
     for m in obj.modules():
         _unpatch_module(m)
     return obj
-
-
-def perceiver_weights(module: nn.Module) -> list:
-    """The flat weight list `edgetam_kernels.spatial_perceiver` takes (reference.
-    PERCEIVER_LAYER_PARAMS order, k/v projections stacked) from Meta's PerceiverResampler or
-    HF's EdgeTamVideoPerceiverResampler."""
-    _load_adapters()
-    from . import _adapters_hf, _adapters_sam2
-
-    key = _class_key(module)
-    if key.startswith("sam2."):
-        return _adapters_sam2.perceiver_weights(module)
-    if key.startswith("transformers."):
-        return _adapters_hf.perceiver_weights(module)
-    raise TypeError(f"perceiver_weights() does not know {key}")
 
 
 def patched_modules(obj: nn.Module):

@@ -2,7 +2,8 @@
 
 Meta's EdgeTAM (sam2.modeling.backbones.timm.TimmBackbone) and Hugging Face's (timm_wrapper)
 both run timm's `repvit_m1` as a `features_only` FeatureListNet; our own edgetam/ model has the
-same blocks in `edgetam/repvit.py`. Patched here, for both families of classes:
+same blocks in `edgetam/repvit.py` (registered by edgetam/ itself, `register_like` of the
+timm class each mirrors). Patched here:
 
 - ConvNorm (conv without bias + BatchNorm2d): one conv with the BatchNorm folded in.
 - RepVggDw / DwMixer (the token mixer: 3x3 depth-wise ConvNorm + 1x1 depth-wise branch +
@@ -13,7 +14,7 @@ same blocks in `edgetam/repvit.py`. Patched here, for both families of classes:
 - The network itself (FeatureListNet holding a RepViT, timm's RepVit, our RepViT): on CPU the
   input is made channels-last, so every conv runs on NHWC (oneDNN's native layout: no reorders
   per conv); outputs are handed back contiguous, as the host code expects (except to the FPN
-  fold of `_adapters_fpn`, inside `trunk_layout_kept()`).
+  fold of `fpn`, inside `trunk_layout_kept()`).
 
 The math is `edgetam_kernels.reparam` (shared with `edgetam.repvit.fuse_`). The module's own
 parameters are never touched: the fused weights live in the patch state (not in the state
@@ -35,13 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .derived import cached
-from .patch import _class_key, register_adapter
-from .reparam import fold_batchnorm, fold_batchnorm_into_linear, merge_dw_branches, work_dtype
+from ..derived import cached
+from ._core import class_key, register_adapter
+from ..reparam import fold_batchnorm, fold_batchnorm_into_linear, merge_dw_branches, work_dtype
 
 _OPTION = "fuse_encoder"
 _TIMM = "timm.models.repvit"
-_OURS = "edgetam.repvit"
 # Devices whose convs get channels-last inputs: measured faster on x86-64 CPUs (oneDNN);
 # elsewhere the layout is left as the host has it.
 CHANNELS_LAST_DEVICES = ("cpu",)
@@ -92,7 +92,6 @@ def _conv_norm(module, state, original):
 
 
 register_adapter(f"{_TIMM}.ConvNorm", _OPTION)(_conv_norm)
-register_adapter(f"{_OURS}.ConvNorm", _OPTION)(_conv_norm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +163,6 @@ def _token_mixer(module, state, original):
 
 
 register_adapter(f"{_TIMM}.RepVggDw", _OPTION)(_token_mixer)
-register_adapter(f"{_OURS}.DwMixer", _OPTION)(_token_mixer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +289,6 @@ def _conv_gelu_conv(module, state, original):
 
 register_adapter(f"{_TIMM}.RepVitMlp", _OPTION)(_conv_gelu_conv)
 register_adapter(f"{_TIMM}.RepVitStem", _OPTION)(_conv_gelu_conv)
-register_adapter(f"{_OURS}.ConvMlp", _OPTION)(_conv_gelu_conv)
-register_adapter(f"{_OURS}.Stem", _OPTION)(_conv_gelu_conv)
 
 
 def _residual_mlp(module, state, original, head, mlp_name: str):
@@ -321,9 +317,7 @@ def _downsample_head(self, x):
 _block = functools.partial(_residual_mlp, head=_block_head, mlp_name="channel_mixer")
 _downsample = functools.partial(_residual_mlp, head=_downsample_head, mlp_name="ffn")
 register_adapter(f"{_TIMM}.RepViTBlock", _OPTION)(_block)
-register_adapter(f"{_OURS}.Block", _OPTION)(_block)
 register_adapter(f"{_TIMM}.RepVitDownsample", _OPTION)(_downsample)
-register_adapter(f"{_OURS}.Downsample", _OPTION)(_downsample)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +358,7 @@ def _contiguous(out):
 
 
 # True while a caller that reads the trunk's outputs as they are (the FPN fold in
-# `_adapters_fpn`, whose 1 x 1 convs are faster on channels-last) runs the trunk
+# `fpn`, whose 1 x 1 convs are faster on channels-last) runs the trunk
 _KEEP_LAYOUT = contextvars.ContextVar("edgetam_kernels_keep_trunk_layout", default=False)
 
 
@@ -394,12 +388,11 @@ def _channels_last(module, state, original):
 
 
 register_adapter(f"{_TIMM}.RepVit", _OPTION)(_channels_last)
-register_adapter(f"{_OURS}.RepViT", _OPTION)(_channels_last)
 
 
 @register_adapter("timm.models._features.FeatureListNet", _OPTION)
 def _feature_list_net(module, state, original):
     """timm's `features_only` wrapper: only where it wraps a RepViT (EdgeTAM's trunk)."""
-    if not any(_class_key(m).startswith(_TIMM + ".") for m in module.modules()):
+    if not any(class_key(m).startswith(_TIMM + ".") for m in module.modules()):
         return None
     return _channels_last(module, state, original)

@@ -1,5 +1,5 @@
-"""Model-independent fused forwards shared by the Meta (`_adapters_sam2`) and Hugging Face
-(`_adapters_hf`) adapters.
+"""Public building blocks of EdgeTAM's attention layers on edgetam_kernels' ops, model-independent:
+shared by the patch() adapters (`patch/sam2.py`, `patch/hf.py`) and by edgetam/'s own model.
 
 The adapters only translate a module's attributes (weights, RoPE grids, calling convention)
 into the small records below; the computation itself is written once here:

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .derived import cached, table
-from .patch import _class_key, register_adapter
-from ._adapters_repvit import trunk_layout_kept
-from .reparam import compose_linear
+from ..derived import cached, table
+from ._core import class_key, register_adapter
+from .repvit import trunk_layout_kept
+from ..reparam import compose_linear
 
 _OPTION = "fuse_encoder"
 _META_SINE = "sam2.modeling.position_encoding.PositionEmbeddingSine"
@@ -139,8 +139,8 @@ def _meta_plan(model) -> Optional[tuple]:
     neck = getattr(enc, "neck", None)
     dec = getattr(model, "sam_mask_decoder", None)
     if (neck is None or dec is None or not getattr(model, "use_high_res_features_in_sam", False)
-            or _class_key(neck) != _META_NECK
-            or _class_key(neck.position_encoding) != _META_SINE):
+            or class_key(neck) != _META_NECK
+            or class_key(neck.position_encoding) != _META_SINE):
         return None
     n = len(neck.convs) - 1
     if n < 2 or n + 1 - enc.scalp < 3 or {0, 1} & set(neck.fpn_top_down_levels):
@@ -210,8 +210,8 @@ def _hf_plan(model) -> Optional[tuple]:
     ve = getattr(model, "vision_encoder", None)
     neck = getattr(ve, "neck", None)
     dec = getattr(model, "mask_decoder", None)
-    if (neck is None or dec is None or _class_key(neck) != _HF_NECK
-            or _class_key(neck.position_encoding) != _HF_SINE
+    if (neck is None or dec is None or class_key(neck) != _HF_NECK
+            or class_key(neck.position_encoding) != _HF_SINE
             or getattr(ve, "num_feature_levels", 0) < 3):
         return None
     n = len(neck.convs) - 1

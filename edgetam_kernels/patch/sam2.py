@@ -1,7 +1,7 @@
 """Adapters for Meta's `sam2` package (EdgeTAM via edgetam-dimos, SAM 2 / SAM 2.1).
 
 Each factory returns a forward computing exactly what the original module computes, through
-edgetam_kernels' ops and the shared fused forwards of `_adapters_common`. Configurations the
+edgetam_kernels' ops and the shared fused forwards of `edgetam_kernels.layers`. Configurations the
 ops do not cover (dropout while training, concatenated key/value latents, calls that Meta's own
 code would reject) call the original forward, so behaviour and error messages stay Meta's.
 
@@ -25,15 +25,15 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import ops
-from ._adapters_common import (
+from .. import ops
+from ..layers import (
     MLP, Norm, Projections, Rope, attend, common_eps, latent_rope, lookup,
     memory_attention_layer,
 )
-from ._adapters_common import perceiver_layer as _perceiver_layer
-from .derived import cached
-from .patch import _class_key, register_adapter
-from .reference import PERCEIVER_LAYER_PARAMS, params_per_layer
+from ..layers import perceiver_layer as _perceiver_layer
+from ..derived import cached
+from ._core import class_key, register_adapter
+from ..reference import PERCEIVER_LAYER_PARAMS, params_per_layer
 
 _SAM2 = "sam2.modeling"
 _ROPE_V1 = f"{_SAM2}.sam.transformer.RoPEAttention"
@@ -249,8 +249,8 @@ def _cross_rope(attn, kind: str, grids, n_q, n_k, num_k_exclude_rope, rope_k_rep
 @register_adapter(f"{_SAM2}.memory_attention.MemoryAttentionLayer")
 def _memory_attention_layer(module, state, original):
     kinds = {_ROPE_V1: "v1", _ROPE_V2: "v2"}
-    sa_kind = kinds.get(_class_key(module.self_attn))
-    ca_kind = kinds.get(_class_key(module.cross_attn_image))
+    sa_kind = kinds.get(class_key(module.self_attn))
+    ca_kind = kinds.get(class_key(module.cross_attn_image))
     ca_grids = _v2_grids(module.cross_attn_image) if ca_kind == "v2" else None
 
     def forward(self, tgt, memory, pos=None, query_pos=None, num_k_exclude_rope: int = 0,
