@@ -113,3 +113,27 @@ def test_auto_without_a_precision_policy_says_so(monkeypatch):
     monkeypatch.setattr(variants, "auto_supported", lambda: False)
     with pytest.raises(ValueError, match="precision policy"):
         Variant.parse("patched:reference:auto").apply(torch.nn.Linear(2, 2))
+
+
+def test_cpu_report_runs_on_the_harness(capsys):
+    """`python -m edgetam_kernels.cpu.bench` (the C++ kernels' report), one section, one round."""
+    from edgetam_kernels import backends
+    from edgetam_kernels.cpu import bench
+
+    cpu = backends()["cpu"]
+    if not cpu["available"]:
+        pytest.skip(f"cpu backend: {cpu['reason']}")
+
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--reps", "1", "--threads", "1", "--only", "perceiver_attention",
+                    "--matmul-n", "512"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "matmul ceilings measured in this run" in out
+    for row in ("| reference (PyTorch) |", "| ours (C++) |", "| SDPA eager",
+                "| ours, raw op (no Python checks) |"):
+        assert row in out
+
+

@@ -127,12 +127,13 @@ def main(argv=None):
                    help="interleaved rounds; the minimum counts (5 proved too few on a shared VM)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", choices=SECTIONS, default=None, help="one section (default: all)")
+    p.add_argument("--matmul-n", type=int, default=4096, help="ceilings: torch.mm of n x n")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     info = machine()
     print(f"# CPU kernels: {info['cpu']} ({' '.join(info['cpu_flags'])}), torch {info['torch']}, "
           f"{a.threads} threads, ISA {cpu.isa()}, min of {a.reps} interleaved rounds\n")
-    ceil = ceilings(dtypes=(torch.float32, torch.bfloat16), n=4096, rounds=a.reps)
+    ceil = ceilings(dtypes=(torch.float32, torch.bfloat16), n=a.matmul_n, rounds=a.reps)
     print(f"matmul ceilings measured in this run (torch.mm, n = "
           f"{ceil['matmul_n_float32']} / {ceil['matmul_n_bfloat16']}): fp32 "
           f"{ceil['matmul_gflops_float32']:.0f} GFLOP/s, bf16 "
