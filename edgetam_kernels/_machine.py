@@ -128,7 +128,8 @@ def gemm_fast(dtype: torch.dtype) -> Tuple[bool, str]:
         ratio = _probe_ratio(dtype)
         name = str(dtype).replace("torch.", "")
         _PROBED[dtype] = (ratio <= FAST_RATIO,
-                          f"torch's {name} GEMM took {ratio:.2g}x fp32's time (probe)")
+                          f"torch's {name} GEMM took {ratio:.2f}x fp32's time (probe; fast: "
+                          f"at most {FAST_RATIO}x)")
     return _PROBED[dtype]
 
 

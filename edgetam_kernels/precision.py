@@ -208,6 +208,8 @@ def mode() -> str:
 def decide(compute_dtype: Request, device=None) -> Decision:
     """The policy's decision for `compute_dtype` on `device` (default: CPU), with its reason."""
     req = parse(compute_dtype)
+    if req is None or req == torch.float32:
+        return _as_asked(req)  # never changed, on any device
     dev = _device(device)
     if req in REDUCED and mode() == "force":
         return Decision(req, req, f"as asked ({ENV_MODE}=force)")
@@ -219,8 +221,7 @@ def decide(compute_dtype: Request, device=None) -> Decision:
         return decide_mps(req, _machine.mps_bf16_supported())
     if req == "auto":
         return Decision(req, torch.float32, f"{dev.type}: no rule for this device; fp32")
-    return _as_asked(req) if req in (None, torch.float32) else \
-        Decision(req, req, f"{dev.type}: no rule for this device; as asked")
+    return Decision(req, req, f"{dev.type}: no rule for this device; as asked")
 
 
 _warned = False
