@@ -245,11 +245,16 @@ def resolve(compute_dtype: Request, device=None) -> Optional[torch.dtype]:
     return d.dtype
 
 
+@torch.compiler.assume_constant_result  # torch.compile: a constant of the graph, not traced
+def _auto_for(device: str) -> Optional[torch.dtype]:
+    return resolve("auto", device)
+
+
 def for_op(compute_dtype, like) -> Request:
     """An op's compute_dtype with "auto" resolved for the device of tensor `like`; anything else
     unchanged (the op's own checks judge it)."""
     if isinstance(compute_dtype, str) and compute_dtype.strip().lower() == "auto":
-        return resolve("auto", like.device if isinstance(like, torch.Tensor) else None)
+        return _auto_for(str(like.device) if isinstance(like, torch.Tensor) else "cpu")
     return compute_dtype
 
 

@@ -256,7 +256,7 @@ def test_probe_runs_and_restores_threads():
     assert torch.get_num_threads() == threads
 
 
-def test_auto_on_this_machine():
+def test_auto_on_this_machine(capsys):
     feats = _machine.cpu_features()
     d = precision.decide("auto")
     has = precision.cpu_has_arithmetic(feats, BF16)
@@ -266,11 +266,12 @@ def test_auto_on_this_machine():
         assert d.dtype == BF16, d.reason
     if feats.isa in ("scalar", "avx2", "avx512", "neon"):
         assert d.dtype == FP32, d.reason
-    info = subprocess.run([sys.executable, "-m", "edgetam_kernels", "info"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert info.returncode == 0, info.stderr
-    assert "compute_dtype policy" in info.stdout
-    assert f"cpu    auto -> {precision._short(expected)}" in info.stdout, (d.reason, info.stdout)
+    from edgetam_kernels.__main__ import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "compute_dtype policy" in out and feats.isa_source in out
+    assert f"cpu    auto -> {precision._short(expected)}: {d.reason}" in out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +296,18 @@ def test_ops_take_auto(monkeypatch, probe):
     other = BF16 if want == FP32 else FP32
     assert not torch.equal(auto, ek.rope_attention(q, k, v, compute_dtype=other,
                                                    backend="reference"))
+
+
+def test_op_auto_under_compile(monkeypatch):
+    """"auto" is resolved as a constant of the graph: fullgraph compiles, same result."""
+    monkeypatch.setenv(_machine.ENV_PROBE, "slow")
+    q, k, v = _rope_inputs()
+
+    def fn(q, k, v):
+        return ek.rope_attention(q, k, v, compute_dtype="auto", backend="reference")
+
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(fn, fullgraph=True)(q, k, v), fn(q, k, v))
 
 
 class _DtypesSeen(TorchDispatchMode):
