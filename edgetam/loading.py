@@ -95,8 +95,8 @@ def load(checkpoint: Optional[Union[str, os.PathLike, Mapping]] = None, image_si
     compute_dtype: precision of the perceiver's and memory attention's products: None (the
     model's fp32, default), "auto", "fp32", "bf16" or "fp16" (or torch dtypes), resolved for
     `device` by edgetam_kernels' precision policy ("auto": bf16 only where the hardware runs
-    it fast; a reduced dtype it cannot run fast becomes fp32 with one warning). Pass the same
-    value to `edgetam_kernels.patch(model, ...)` if you patch the model afterwards.
+    it fast; a reduced dtype it cannot run fast becomes fp32 with one warning). A later
+    `edgetam_kernels.patch(model)` without a compute_dtype keeps it.
     """
     from edgetam_kernels import precision
 

@@ -195,9 +195,9 @@ def patch(obj, backend: str = "auto", compute_dtype=None,
     (`edgetam_kernels.precision`, docs/patch.md) for the device of obj's parameters: "auto"
     picks the fastest dtype within the ops' accuracy budget (CPU: bf16 only with bf16
     arithmetic and a fast bf16 GEMM, else fp32); a reduced dtype this hardware cannot run fast
-    becomes fp32, with one warning per process. Patch again after moving the model. Whole perceivers (Meta's PerceiverResampler, HF's
-    EdgeTamVideoPerceiverResampler, edgetam's SpatialPerceiver) pass it to the
-    spatial_perceiver op: there it covers only the global latents' cross-attention products
+    becomes fp32, with one warning per process. Patch again after moving the model.
+    Whole perceivers (Meta's PerceiverResampler, HF's EdgeTamVideoPerceiverResampler,
+    edgetam's SpatialPerceiver) pass it to the spatial_perceiver op: there it covers only the global latents' cross-attention products
     (q k^T, p v), and a backend without a faster path for it may compute more precisely;
     perceiver layers or attentions patched alone ignore it. None keeps the input dtype.
     Accuracy: docs/patch.md.
