@@ -198,8 +198,9 @@ def patch(obj, backend: str = "auto", compute_dtype=None,
     becomes fp32, with one warning per process. Patch again after moving the model.
     Whole perceivers (Meta's PerceiverResampler, HF's EdgeTamVideoPerceiverResampler,
     edgetam's SpatialPerceiver) pass it to the spatial_perceiver op: there it covers only the
-    global latents' cross-attention products (q k^T, p v), and a backend without a faster path for it may compute more precisely;
-    perceiver layers or attentions patched alone ignore it. None keeps the input dtype.
+    global latents' cross-attention products (q k^T, p v), and a backend without a faster
+    path for it may compute more precisely; perceiver layers or attentions patched alone
+    ignore it. None keeps the input dtype.
     Accuracy: docs/patch.md.
     fuse_encoder: run the RepViT image encoder (timm's RepViT in Meta's and HF's models, and
     our own edgetam/ model when not fused already) re-parameterised: BatchNorms folded into
