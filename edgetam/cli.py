@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
     t.add_argument("--backend", default="auto",
                    help="edgetam_kernels backend: auto, reference, cpu, triton, metal")
+    t.add_argument("--dtype", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="precision of the perceiver's and memory attention's products: fp32 "
+                        "(default), auto (the fastest within the accuracy budget on this "
+                        "hardware: bf16 only where it runs fast), bf16 or fp16 (fp32 instead, "
+                        "with a warning, where this hardware cannot run it fast)")
     t.add_argument("--threads", default="auto",
                    help="CPU threads for torch; 'auto' (default): torch's default, reduced to "
                         "the cores other processes leave idle (1-minute load average), since "
@@ -140,6 +145,10 @@ def track(args) -> dict:
     # model
     threads = _choose_threads(str(args.threads))
     torch.set_num_threads(threads)
+    from edgetam_kernels import precision
+
+    dtype = precision.resolve(args.dtype, args.device)  # warns (once) where it falls back
+    dtype_name = str(dtype or torch.float32).replace("torch.", "")
     torch.manual_seed(args.seed)
     if args.checkpoint is None:
         print("NOTE: no --checkpoint given: the weights are RANDOM, so the masks are meaningless; "
@@ -148,21 +157,22 @@ def track(args) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             model = edgetam.load(args.checkpoint, image_size=args.image_size, device=args.device,
-                                 backend=args.backend, fuse=True)
+                                 backend=args.backend, fuse=True, compute_dtype=dtype)
     except edgetam.CheckpointError as e:
         raise CliError(str(e)) from e
     # the fused model's encoder on the library's fast paths too (on CPU: channels-last convs,
     # the MLPs' GELU and residual fused into oneDNN convolutions; docs/patch.md)
     import edgetam_kernels
 
-    edgetam_kernels.patch(model, backend=args.backend)
+    edgetam_kernels.patch(model, backend=args.backend, compute_dtype=dtype)
     if args.checkpoint is None:
         # random weights predict "no object": bias the object score so masks flow into memory
         with torch.no_grad():
             model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
     predictor = edgetam.VideoPredictor(model)
     print(f"edgetam: {source}, image size {args.image_size}, device {args.device}, "
-          f"backend {args.backend}, {threads} CPU thread(s)", file=sys.stderr)
+          f"backend {args.backend}, compute {dtype_name} (--dtype {args.dtype}), "
+          f"{threads} CPU thread(s)", file=sys.stderr)
 
     state = predictor.init_state(frames)
     t0 = time.perf_counter()
@@ -193,7 +203,8 @@ def track(args) -> dict:
     per_frame = sum(tracked) / len(tracked)
     summary = {
         "source": source, "image_size": args.image_size, "device": args.device,
-        "backend": args.backend, "threads": threads, "random_weights": args.checkpoint is None,
+        "backend": args.backend, "dtype": args.dtype, "compute_dtype": dtype_name,
+        "threads": threads, "random_weights": args.checkpoint is None,
         "frames": len(frames), "prompt_ms": round(prompt_ms, 2),
         "frame_ms": [round(t, 2) for t in times], "mean_tracked_frame_ms": round(per_frame, 2),
         "fps": round(1e3 / per_frame, 3),

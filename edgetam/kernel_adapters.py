@@ -18,7 +18,8 @@ def _with_options(module, state, original):
     def forward(self, *args, **kwargs):
         saved = (self.backend, self.__dict__.get("compute_dtype"))
         self.backend = state["options"]["backend"]
-        self.compute_dtype = state["options"]["compute_dtype"]
+        cd = state["options"]["compute_dtype"]  # None: keep the module's own (edgetam.load's)
+        self.compute_dtype = saved[1] if cd is None else cd
         try:
             return original(*args, **kwargs)
         finally:

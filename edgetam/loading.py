@@ -10,6 +10,7 @@ from typing import Mapping, Optional, Union
 
 import torch
 
+from .memory import RoPEAttention, SpatialPerceiver
 from .model import EdgeTAM
 
 
@@ -84,14 +85,22 @@ def load_weights(model: EdgeTAM, checkpoint) -> EdgeTAM:
 
 def load(checkpoint: Optional[Union[str, os.PathLike, Mapping]] = None, image_size: int = 1024,
          device: Union[str, torch.device] = "cpu", backend: str = "auto",
-         fuse: bool = False) -> EdgeTAM:
+         fuse: bool = False, compute_dtype=None) -> EdgeTAM:
     """Build EdgeTAM for `image_size` (1024 is the trained size; 512 is faster) in eval mode.
 
     checkpoint: path to Meta's `edgetam.pt` (or a state dict); None gives random weights, with
     a warning (useful for timings and tests only). backend: the edgetam_kernels backend for the
     perceiver and memory attention. fuse: fold BatchNorms into convs for faster inference
     (`EdgeTAM.fuse_`; the result no longer has Meta's state-dict layout).
+    compute_dtype: precision of the perceiver's and memory attention's products: None (the
+    model's fp32, default), "auto", "fp32", "bf16" or "fp16" (or torch dtypes), resolved for
+    `device` by edgetam_kernels' precision policy ("auto": bf16 only where the hardware runs
+    it fast; a reduced dtype it cannot run fast becomes fp32 with one warning). A later
+    `edgetam_kernels.patch(model)` without a compute_dtype keeps it.
     """
+    from edgetam_kernels import precision
+
+    compute_dtype = precision.resolve(compute_dtype, device)
     model = EdgeTAM(image_size=image_size)
     if checkpoint is None:
         warnings.warn("edgetam.load(): no checkpoint given, the weights are RANDOM: masks are "
@@ -99,5 +108,8 @@ def load(checkpoint: Optional[Union[str, os.PathLike, Mapping]] = None, image_si
     else:
         load_weights(model, checkpoint)
     model.set_backend(backend)
+    for m in model.modules():  # the modules that run edgetam_kernels' ops read it per call
+        if isinstance(m, (RoPEAttention, SpatialPerceiver)):
+            m.compute_dtype = compute_dtype
     model = model.to(device).eval()
     return model.fuse_() if fuse else model

@@ -19,6 +19,10 @@ def _info(args) -> int:
         ops = ", ".join(b["ops"]) if b["ops"] else "-"
         print(f"  {name:<10} {state:<12} {extra}")
         print(f"  {'':<10} ops: {ops}")
+    from . import precision
+
+    for line in precision.describe():
+        print(line)
     return 0
 
 
@@ -59,7 +63,8 @@ def _bench(args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="edgetam-kernels", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("info", help="which backends are built and usable here, and why not")
+    sub.add_parser("info", help="which backends are built and usable here, and why not; "
+                   "what compute_dtype 'auto' / 'bf16' / 'fp16' resolve to per device, and why")
     b = sub.add_parser("bench", help="side-by-side timing of every op on EdgeTAM's shapes")
     b.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
     b.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])

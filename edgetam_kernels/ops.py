@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import _checks, _registry, reference
+from . import _checks, _registry, precision, reference
 
 # ---------------------------------------------------------------------------------------------
 # Autograd: recompute the differentiable reference in backward
@@ -135,10 +135,12 @@ def rope_attention(
     - EdgeTAM cross-attention: k_grid=(16, 16), k_repeat=number of memory frames,
       num_k_exclude_rope=number of object-pointer tokens. SAM 2 self-attention: defaults.
     - scale: default 1/sqrt(D). compute_dtype: optional precision for the attention itself
-      (e.g. torch.bfloat16 with fp32 inputs); the output has q's dtype.
+      (e.g. torch.bfloat16 with fp32 inputs); the output has q's dtype. "auto": the precision
+      policy's choice for q's device (`edgetam_kernels.precision`).
     - backend: "auto" (best available for the device; EDGETAM_KERNELS_BACKEND overrides),
       "reference", "cpu", "triton" or "metal" (raises if it cannot run these inputs).
     """
+    compute_dtype = precision.for_op(compute_dtype, q)  # "auto": the policy, for q's device
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.tensor(name, t)
     squeeze = q.dim() == 3
@@ -324,7 +326,9 @@ def spatial_perceiver(
     the input precision; the output has x's dtype. It permits, and does not promise, lower
     precision: a backend without a faster path for it computes more precisely (cpu: bf16 on
     AMX where the CPU has it, else fp32; fp16 as fp32. triton and metal: the input dtype).
+    "auto": the precision policy's choice for x's device (`edgetam_kernels.precision`).
     """
+    compute_dtype = precision.for_op(compute_dtype, x)  # "auto": the policy, for x's device
     _checks.tensor("x", x)
     _checks.compute_dtype_in(compute_dtype, _checks.PERCEIVER_COMPUTE_DTYPES)
     weights = list(weights)

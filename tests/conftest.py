@@ -9,6 +9,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# The accuracy tests of the bf16 / fp16 compute paths run those paths on every machine, fast
+# or not; the precision policy's fallback to fp32 is tested on its own (test_precision.py).
+os.environ.setdefault("EDGETAM_KERNELS_REDUCED_PRECISION", "force")
+
 from edgetam_kernels._compat import shim_torchvision  # noqa: E402
 
 shim_torchvision()

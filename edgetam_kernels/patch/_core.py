@@ -190,7 +190,7 @@ def _unpatch_module(m: nn.Module) -> None:
         object.__setattr__(m, method, state["forward"])
 
 
-def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = None,
+def patch(obj, backend: str = "auto", compute_dtype=None,
           fuse_encoder: bool = True, fuse_memory_encoder: bool = True):
     """Make `obj` (a whole model, a predictor, or a single module) use the fused ops.
 
@@ -206,11 +206,17 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
     backend: "auto" | "reference" | "cpu" | "triton" | "metal" for every patched op.
     compute_dtype: optional precision of memory attention's matmuls (projections, attention,
     MLP), e.g. torch.bfloat16 with an fp32 model: LayerNorms, the residual stream and the
-    module's output stay fp32. Whole perceivers (Meta's PerceiverResampler, HF's
-    EdgeTamVideoPerceiverResampler, edgetam's SpatialPerceiver) pass it to the
-    spatial_perceiver op: there it covers only the global latents' cross-attention products
-    (q k^T, p v), and a backend without a faster path for it may compute more precisely;
-    perceiver layers or attentions patched alone ignore it. None keeps the input dtype.
+    module's output stay fp32. None (default) | "auto" | torch.float32 | torch.bfloat16 |
+    torch.float16 (or "fp32" / "bf16" / "fp16"), resolved once here by the precision policy
+    (`edgetam_kernels.precision`, docs/patch.md) for the device of obj's parameters: "auto"
+    picks the fastest dtype within the ops' accuracy budget (CPU: bf16 only with bf16
+    arithmetic and a fast bf16 GEMM, else fp32); a reduced dtype this hardware cannot run fast
+    becomes fp32, with one warning per process. Patch again after moving the model.
+    Whole perceivers (Meta's PerceiverResampler, HF's EdgeTamVideoPerceiverResampler,
+    edgetam's SpatialPerceiver) pass it to the spatial_perceiver op: there it covers only the
+    global latents' cross-attention products (q k^T, p v), and a backend without a faster
+    path for it may compute more precisely; perceiver layers or attentions patched alone
+    ignore it. None keeps the input dtype.
     Accuracy: docs/patch.md.
     fuse_encoder: run the RepViT image encoder (timm's RepViT in Meta's and HF's models, and
     our own edgetam/ model when not fused already) re-parameterised: BatchNorms folded into
@@ -237,6 +243,9 @@ def patch(obj, backend: str = "auto", compute_dtype: Optional[torch.dtype] = Non
             f"patch() takes an nn.Module (a model, a predictor or one of their modules), "
             f"got {type(obj).__name__}"
         )
+    from .. import precision
+
+    compute_dtype = precision.resolve(compute_dtype, precision.device_of(obj))
     options = {"backend": backend, "compute_dtype": compute_dtype,
                "fuse_encoder": bool(fuse_encoder),
                "fuse_memory_encoder": bool(fuse_memory_encoder)}
