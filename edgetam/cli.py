@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="X,Y", help="foreground click on frame 0, in pixels (repeatable)")
     t.add_argument("--box", type=lambda s: _pair(s, 4, "--box"), metavar="X0,Y0,X1,Y1",
                    help="box around the object on frame 0, in pixels")
-    t.add_argument("--checkpoint", help="Meta's edgetam.pt; without it the weights are random")
+    t.add_argument("--checkpoint",
+                   help="Meta's edgetam.pt, or Hugging Face's EdgeTAM: a folder with config.json "
+                        "+ model.safetensors or the hub id yonigozlan/EdgeTAM-hf (downloaded "
+                        "once, then cached); without it the weights are random")
     t.add_argument("--out", required=True, help="output folder (must not exist or be empty; missing parents are created)")
     t.add_argument("--image-size", type=int, default=1024, choices=(512, 768, 1024),
                    help="model input size (1024 is EdgeTAM's own; 512 is ~4x faster)")
