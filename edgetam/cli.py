@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Meta's edgetam.pt, or Hugging Face's EdgeTAM: a folder with config.json "
                         "+ model.safetensors or the hub id yonigozlan/EdgeTAM-hf (downloaded "
                         "once, then cached); without it the weights are random")
-    t.add_argument("--out", required=True, help="output folder (must not exist or be empty; missing parents are created)")
+    t.add_argument("--out", required=True,
+                   help="output folder (must not exist or be empty; missing parents are created)")
     t.add_argument("--image-size", type=int, default=1024, choices=(512, 768, 1024),
                    help="model input size (1024 is EdgeTAM's own; 512 is ~4x faster)")
     t.add_argument("--frames", type=int, default=None,

@@ -26,6 +26,8 @@ from typing import Dict, Mapping, Tuple
 
 import torch
 
+from .loading import CheckpointError  # loading imports this module only when it is called
+
 HUB_ID = "yonigozlan/EdgeTAM-hf"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -54,12 +56,6 @@ _EDGETAM_CONFIG = {
     "memory_attention_num_attention_heads": 1,
     "perceiver_resampler_num_attention_heads": 1,
 }
-
-
-def _error(message: str):
-    from .loading import CheckpointError  # loading imports this module lazily: no cycle
-
-    return CheckpointError(message)
 
 
 def _by_hand(why: str, repo_id: str = HUB_ID) -> str:
@@ -96,14 +92,14 @@ def download_from_hub(repo_id: str) -> str:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:
-        raise _error(_by_hand(f"loading {repo_id} from the Hugging Face hub needs "
+        raise CheckpointError(_by_hand(f"loading {repo_id} from the Hugging Face hub needs "
                               f"huggingface_hub (pip install huggingface_hub)", repo_id)) from e
     try:
         return snapshot_download(repo_id, allow_patterns=["config.json", "*.safetensors",
                                                           WEIGHTS_INDEX])
     except Exception as e:  # offline, not found, gated, HTTP errors: all end the same way
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        raise _error(_by_hand(f"cannot fetch {repo_id} from the Hugging Face hub ({reason})",
+        raise CheckpointError(_by_hand(f"cannot fetch {repo_id} from the Hugging Face hub ({reason})",
                               repo_id)) from e
 
 
@@ -112,8 +108,6 @@ def resolve(checkpoint) -> str:
     path = os.fspath(checkpoint)
     if os.path.isdir(path):
         return path
-    from .loading import CheckpointError
-
     try:
         return download_from_hub(path)
     except CheckpointError as e:
@@ -130,26 +124,26 @@ def check_config(folder: str) -> dict:
     """config.json of the folder, checked to describe EdgeTAM's video model."""
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
-        raise _error(f"{folder} is a folder but holds no config.json: expected a Hugging Face "
+        raise CheckpointError(f"{folder} is a folder but holds no config.json: expected a Hugging Face "
                      f"EdgeTAM checkpoint (config.json + {WEIGHTS}, as "
                      f"EdgeTamVideoModel.save_pretrained writes) or give Meta's edgetam.pt file")
     try:
         with open(path) as fh:
             cfg = json.load(fh)
     except (OSError, ValueError) as e:
-        raise _error(f"cannot read {path}: {e}") from e
+        raise CheckpointError(f"cannot read {path}: {e}") from e
     kind = cfg.get("model_type") if isinstance(cfg, dict) else None
     if kind == "edgetam":
-        raise _error(f"{path}: an EdgeTamModel (single-image) checkpoint has no memory modules; "
+        raise CheckpointError(f"{path}: an EdgeTamModel (single-image) checkpoint has no memory modules; "
                      f"video tracking needs EdgeTAM's video checkpoint ({HUB_ID})")
     if kind != "edgetam_video":
         hint = " (a SAM 2 checkpoint, not EdgeTAM?)" if str(kind).startswith("sam2") else ""
-        raise _error(f"{path}: model_type is {kind!r}, expected 'edgetam_video' "
+        raise CheckpointError(f"{path}: model_type is {kind!r}, expected 'edgetam_video' "
                      f"(transformers' EdgeTamVideoModel){hint}")
     backbone = (cfg.get("vision_config") or {}).get("backbone_config") or {}
     arch = backbone.get("architecture") or backbone.get("model_type") or "?"
     if backbone.get("model_type") != "timm_wrapper" or not str(arch).startswith("repvit_m1"):
-        raise _error(f"{path}: the image backbone is {arch!r}, not EdgeTAM's RepViT-M1 "
+        raise CheckpointError(f"{path}: the image backbone is {arch!r}, not EdgeTAM's RepViT-M1 "
                      f"('repvit_m1.dist_in1k' through timm); edgetam implements EdgeTAM only "
                      f"(a Hiera backbone is SAM 2's)")
     bad = [f"{k}={cfg[k]!r} (EdgeTAM: {v!r})" for k, v in _EDGETAM_CONFIG.items()
@@ -159,7 +153,7 @@ def check_config(folder: str) -> dict:
     if rope != 10000.0:
         bad.append(f"rope_theta={rope!r} (EdgeTAM: 10000.0)")
     if bad:
-        raise _error(f"{path} describes a model edgetam does not implement: {'; '.join(bad)}")
+        raise CheckpointError(f"{path} describes a model edgetam does not implement: {'; '.join(bad)}")
     return cfg
 
 
@@ -168,7 +162,7 @@ def read_weights(folder: str) -> Dict[str, torch.Tensor]:
     try:
         from safetensors.torch import load_file
     except ImportError as e:
-        raise _error("reading a Hugging Face checkpoint needs safetensors "
+        raise CheckpointError("reading a Hugging Face checkpoint needs safetensors "
                      "(pip install safetensors)") from e
     index = os.path.join(folder, WEIGHTS_INDEX)
     if os.path.isfile(index):
@@ -180,11 +174,11 @@ def read_weights(folder: str) -> Dict[str, torch.Tensor]:
     for name in files:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
-            raise _error(_by_hand(f"{folder} has config.json but no {name}"))
+            raise CheckpointError(_by_hand(f"{folder} has config.json but no {name}"))
         try:
             sd.update(load_file(path, device="cpu"))
         except Exception as e:  # safetensors raises its own error types for bad headers
-            raise _error(f"cannot read {path}: {type(e).__name__}: {str(e)[:200]} "
+            raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {str(e)[:200]} "
                          f"(is the file complete?)") from e
     return sd
 
@@ -294,7 +288,7 @@ def hf_to_meta(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     if _PE_COPY in sd:
         copy = sd.pop(_PE_COPY)
         if _PE in sd and not torch.equal(copy, sd[_PE]):
-            raise _error(f"checkpoint has two different positional tables, {_PE} and "
+            raise CheckpointError(f"checkpoint has two different positional tables, {_PE} and "
                          f"{_PE_COPY}; EdgeTAM uses one for both")
     out: Dict[str, torch.Tensor] = {}
     # point embeddings: one (4, C) table in HF, four (1, C) embeddings in Meta's model
@@ -313,7 +307,8 @@ def hf_to_meta(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         out[f"spatial_perceiver.layers.{layer}.{target}.to_kv.{param}"] = torch.cat(
             [sd.pop(name), sd.pop(v_name)], dim=0)
     # memory encoder's mask downsampler: (conv, LayerNorm2d, GELU) per layer, then a 1x1 conv
-    down = re.compile(r"^memory_encoder\.mask_downsampler\.layers\.(\d+)\.(conv|layer_norm)\.(\w+)$")
+    down = re.compile(
+        r"^memory_encoder\.mask_downsampler\.layers\.(\d+)\.(conv|layer_norm)\.(\w+)$")
     n_down = len({m.group(1) for m in map(down.match, sd) if m})
     for name in list(sd):
         m = down.match(name)
