@@ -80,7 +80,9 @@ def test_readme_main_command_in_a_fresh_clone(tmp_path):
     out_dir, frames = _option(argv, "--out"), int(_option(argv, "--frames", 8))
 
     clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    # safe.directory: CI may run as another user than the checkout's owner
+    subprocess.run(["git", "-c", "safe.directory=*", "clone", "--quiet", str(ROOT), str(clone)],
+                   check=True)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
                     str(venv)], check=True)
