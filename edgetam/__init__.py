@@ -2,6 +2,7 @@
 
     import edgetam
     model = edgetam.load("edgetam.pt")             # Meta's checkpoint; None: random weights
+    model = edgetam.load("yonigozlan/EdgeTAM-hf")  # or Hugging Face's (hub id or its folder)
     predictor = edgetam.VideoPredictor(model)
     state = predictor.init_state(frames)           # HxWx3 uint8 frames, an mp4 or a folder
     predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=[[x, y]], labels=[1])

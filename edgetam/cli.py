@@ -50,8 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="X,Y", help="foreground click on frame 0, in pixels (repeatable)")
     t.add_argument("--box", type=lambda s: _pair(s, 4, "--box"), metavar="X0,Y0,X1,Y1",
                    help="box around the object on frame 0, in pixels")
-    t.add_argument("--checkpoint", help="Meta's edgetam.pt; without it the weights are random")
-    t.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    t.add_argument("--checkpoint",
+                   help="Meta's edgetam.pt, or Hugging Face's EdgeTAM: a folder with config.json "
+                        "+ model.safetensors or the hub id yonigozlan/EdgeTAM-hf (downloaded "
+                        "once, then cached); without it the weights are random")
+    t.add_argument("--out", required=True,
+                   help="output folder (must not exist or be empty; missing parents are created)")
     t.add_argument("--image-size", type=int, default=1024, choices=(512, 768, 1024),
                    help="model input size (1024 is EdgeTAM's own; 512 is ~4x faster)")
     t.add_argument("--frames", type=int, default=None,
@@ -80,9 +84,13 @@ def _check_out_dir(out: str) -> str:
             raise CliError(f"--out {out} exists and is not a folder")
         if os.listdir(out):
             raise CliError(f"--out {out} is not empty; choose a new or empty folder")
+    # missing parents are created when the results are written (nothing is made before then,
+    # so an error leaves nothing behind); the nearest existing one must be a folder
     parent = os.path.dirname(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise CliError(f"the parent folder of --out does not exist: {parent}")
+        raise CliError(f"--out {out} lies under {parent}, which is not a folder")
     return out
 
 
@@ -213,6 +221,7 @@ def track(args) -> dict:
 
     # write everything into a temporary sibling folder, then move it into place
     parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".edgetam-tmp-", dir=parent)
     try:
         os.makedirs(os.path.join(tmp, "masks"))

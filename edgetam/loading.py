@@ -1,4 +1,5 @@
-"""Build the model and load Meta's checkpoint layout (`edgetam.pt`: {"model": state_dict})."""
+"""Build the model and load Meta's checkpoint layout (`edgetam.pt`: {"model": state_dict}), or
+Hugging Face's EdgeTAM checkpoint renamed to it (hf_checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -25,19 +26,26 @@ def _summarize(keys, n: int = 5) -> str:
 
 
 def read_state_dict(checkpoint: Union[str, os.PathLike, Mapping]) -> Mapping[str, torch.Tensor]:
-    """The model state dict in `checkpoint` (a path, or an already loaded dict)."""
+    """The model state dict in `checkpoint`, in Meta's names: Meta's `edgetam.pt` (a path, or an
+    already loaded dict) or Hugging Face's EdgeTAM (a folder, a hub id, or its state dict;
+    edgetam.hf_checkpoint)."""
+    from . import hf_checkpoint
+
     if isinstance(checkpoint, Mapping):
         obj = checkpoint
         where = "the given checkpoint dict"
+        if hf_checkpoint.looks_like_hf_state_dict(obj):
+            obj = hf_checkpoint.hf_to_meta(obj)
+    elif hf_checkpoint.is_hf_checkpoint(checkpoint):
+        return hf_checkpoint.read_state_dict(checkpoint)
     else:
         path = os.fspath(checkpoint)
         where = path
         if not os.path.exists(path):
             raise CheckpointError(
                 f"checkpoint not found: {path}. EdgeTAM's weights are published by Meta as "
-                f"edgetam.pt (github.com/facebookresearch/EdgeTAM, checkpoints/)")
-        if os.path.isdir(path):
-            raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+                f"edgetam.pt (github.com/facebookresearch/EdgeTAM, checkpoints/) and by "
+                f"Hugging Face as {hf_checkpoint.HUB_ID} (pass that id or its folder)")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError,

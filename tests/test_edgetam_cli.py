@@ -24,7 +24,7 @@ def test_synthetic_demo(tmp_path, capsys):
     import torch
 
     threads = torch.get_num_threads()
-    out = tmp_path / "out"
+    out = tmp_path / "runs" / "demo"  # parents that do not exist yet are created
     assert _run(tmp_path, "--out", str(out), "--frames", "3", "--threads", "1") == 0
     assert torch.get_num_threads() == threads  # restored
     captured = capsys.readouterr()
@@ -40,7 +40,7 @@ def test_synthetic_demo(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 3 and summary["random_weights"] is True
     assert summary["fps"] > 0 and len(summary["frame_ms"]) == 3 and summary["threads"] >= 1
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".edgetam-tmp")]
+    assert os.listdir(tmp_path / "runs") == ["demo"]  # no temp folder left
 
 
 def test_frame_folder_and_box(tmp_path):
@@ -75,9 +75,11 @@ def test_mp4(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["unreadable", "missing", "no_prompt", "outside", "checkpoint",
-                                  "corrupt_checkpoint", "not_empty", "bad_frames", "threads"])
+                                  "corrupt_checkpoint", "not_empty", "bad_frames", "threads",
+                                  "under_a_file"])
 def test_bad_input_writes_nothing(tmp_path, capsys, case):
-    out = tmp_path / "out"
+    # missing parents of --out are created only once the results are written: not on error
+    out = tmp_path / "new" / "out"
     args = ["--out", str(out)]
     if case == "unreadable":
         bad = tmp_path / "clip.mp4"
@@ -98,12 +100,17 @@ def test_bad_input_writes_nothing(tmp_path, capsys, case):
         (tmp_path / "edgetam.pt").write_bytes(b"\x80\x04garbage")
         args = ["--checkpoint", str(tmp_path / "edgetam.pt")] + args
     elif case == "not_empty":
+        out = tmp_path / "out"
+        args = ["--out", str(out)]
         out.mkdir()
         (out / "keep.txt").write_text("mine")
     elif case == "bad_frames":
         args = ["--frames", "0"] + args
     elif case == "threads":
         args = ["--threads", "zero"] + args
+    elif case == "under_a_file":
+        (tmp_path / "file").write_text("mine")
+        args = ["--out", str(tmp_path / "file" / "sub" / "out")]
     before = sorted(os.listdir(tmp_path))
     assert _run(tmp_path, *args) == 2
     err = capsys.readouterr().err
