@@ -99,9 +99,11 @@ SP_CASES = {name: SPATIAL_PERCEIVER_CASES[name] for name in TRITON_SPATIAL_PERCE
 
 @pytest.mark.parametrize("case", list(SP_CASES))
 def test_spatial_perceiver_fp32(case):
-    args, kw = case_inputs(SP_CASES[case])
+    c = SP_CASES[case]
+    args, kw = case_inputs(c)
     out = sp_run(args, kw)
-    assert out.shape == (2, case["l1"] + case["l2"], case["c"]) and out.dtype == torch.float32
+    assert out.shape == (c.batch, c.global_latents + c.patch_latents, c.dim)
+    assert out.dtype == torch.float32
     assert_close(out, sp_ref(args, kw), torch.float32, str(case))
 
 

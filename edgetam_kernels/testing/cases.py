@@ -120,6 +120,9 @@ ROPE_CASES: Dict[str, RopeCase] = {
 CPU_ROPE = ("sam2_self_8x8", "odd_5x7_heads_batch", "edgetam_cross_small", "one_frame_no_ptr",
             "all_pointers", "keys_not_tile_multiple", "self_32x32", "blocks_odd_dv")
 METAL_ROPE = ("self_4x5", "edgetam_cross_3x5", "head256", "d40_no_rope_keys")
+PARITY_ROPE = ("small", "odd_5x7_heads_batch", "one_frame_no_ptr", "all_pointers",
+               "blocks_odd_dv", "self_4x5", "edgetam_cross_3x5", "d40_no_rope_keys", "d48_odd",
+               "d20_dv12")
 TRITON_ROPE = ("edgetam_cross_5x7", "one_frame_d16", "self_8x8_batch2", "sam2_cross_dv40",
                "d48_odd", "d20_dv12")
 
