@@ -14,9 +14,9 @@ TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, tor
 # spatial_perceiver(..., compute_dtype=torch.bfloat16) on fp32 inputs: only the global latents'
 # cross-attention products are bf16, so the error is far below TOLERANCE[bf16]. Measured: the
 # reference's own error against float64, seeds 0-2, depth 2, dim 64, FF 256, random weights as
-# tests/test_cpu_perceiver.py makes them: EdgeTAM's shape (64x64, 256 + 256 latents, 1 head)
+# tests/backends/test_cpu_perceiver.py makes them: EdgeTAM's shape (64x64, 256 + 256 latents, 1 head)
 # 4.3-4.6e-4; 32x32 with 64 + 64 latents, batch 2: 5.6-6.8e-4; the same with 2 heads:
-# 6.8-7.2e-4. Meta's PerceiverResampler (tests/_models.py weights) patched with the reference:
+# 6.8-7.2e-4. Meta's PerceiverResampler (testing/hosts.py weights) patched with the reference:
 # 6.2-7.8e-4 at 64x64, 8.9-9.7e-4 at 32x32. A kernel keeping the attention output in fp32
 # (the reference rounds it to bf16): 3.2-5.8e-4. The budget is 3.1x the largest of these, 6.5x
 # EdgeTAM's shape. Outside it (EdgeTAM's shape): the global latents missing the last 64 of

@@ -1,4 +1,4 @@
-"""The C++ kernel tests (tests/csrc/test_kernels.cpp, torch-free) built natively and cross-built
+"""The C++ kernel tests (tests/backends/csrc/test_kernels.cpp, torch-free) built natively and cross-built
 for aarch64, run under qemu: NEON + BF16 dot with `-cpu max`, the plain NEON fallback with
 `-cpu cortex-a53` (no FP16 / BF16, where those instructions would raise SIGILL).
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["tests/csrc/test_kernels.cpp", "csrc/dispatch.cpp", *sorted(
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = ["tests/backends/csrc/test_kernels.cpp", "csrc/dispatch.cpp", *sorted(
     str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "isa").glob("*.cpp"))]
 CROSS = shutil.which("aarch64-linux-gnu-g++")
 QEMU = shutil.which("qemu-aarch64-static")
