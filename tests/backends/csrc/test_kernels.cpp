@@ -14,8 +14,8 @@
 #include <thread>
 #include <vector>
 
-#include "../../csrc/dispatch.h"
-#include "../../csrc/simd/convert.h"
+#include "../../../csrc/dispatch.h"
+#include "../../../csrc/simd/convert.h"
 
 using namespace edgetam_cpu;
 
