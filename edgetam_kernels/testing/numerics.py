@@ -72,13 +72,17 @@ def edgetam_cross_attention_inputs(grid=64, frames=7, obj_ptr_tokens=64, batch=1
 
 def random_perceiver_weights(c=64, inner=64, hidden=256, depth=2, l1=256, l2=256, self_attn=True,
                              dtype=torch.float32, device="cpu"):
-    """EdgeTAM-sized perceiver weights (flat list in reference.PERCEIVER_LAYER_PARAMS order),
-    latents and final norm, from torch's global generator (`cases.perceiver_weights`)."""
+    """EdgeTAM-sized perceiver weights (flat list in reference.PERCEIVER_LAYER_PARAMS order, drawn
+    by `cases.perceiver_weights` from torch's global generator), latents and final norm."""
     from .cases import perceiver_weights
 
     g = dict(dtype=dtype, device=device)
+
+    def ln():
+        return [1 + 0.1 * torch.randn(c, **g), 0.1 * torch.randn(c, **g)]
+
     ws = perceiver_weights(c, inner, hidden, depth, self_attn, dtype=dtype, device=device,
                            seed=None)
     lat1 = torch.randn(l1, c, **g) if l1 else None
     lat2 = torch.randn(l2, c, **g) if l2 else None
-    return ws, lat1, lat2, (1 + 0.1 * torch.randn(c, **g), 0.1 * torch.randn(c, **g))
+    return ws, lat1, lat2, tuple(ln())
