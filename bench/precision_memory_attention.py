@@ -22,12 +22,10 @@ import json
 import os
 import statistics
 import sys
-import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, os.path.dirname(HERE))  # this checkout's package, not another install
 
 from edgetam_kernels._compat import shim_torchvision  # noqa: E402
 
@@ -36,12 +34,10 @@ shim_torchvision()
 import torch  # noqa: E402
 
 import edgetam_kernels as ek  # noqa: E402
-from edgetam_kernels import _machine, precision  # noqa: E402
-from edgetam_kernels.benchmarks import machine  # noqa: E402
-import _models as M  # noqa: E402
+from edgetam_kernels import precision  # noqa: E402
+from edgetam_kernels.harness.timing import machine, race  # noqa: E402
+from edgetam_kernels.testing import hosts as M  # noqa: E402
 
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16", "asimdhp",
-         "asimdfhm", "bf16")
 VARIANTS = {"unpatched": None, "patched fp32": torch.float32,
             "patched bf16 asked": torch.bfloat16, "patched auto": "auto",
             "patched bf16 forced": torch.bfloat16}
@@ -73,7 +69,6 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine()
-    info["flags"] = sorted(set(FLAGS) & _machine._os_flags())
     decision = precision.decide(torch.bfloat16)
     auto = precision.decide("auto")
     print("machine:", json.dumps(info))
@@ -83,18 +78,11 @@ def main() -> int:
     module = M.meta_memory_attention(args.grid, seed=0)
     inputs = M.memory_attention_inputs(args.grid, frames=7, ptrs=4, batch=1, seed=1)
     names = list(VARIANTS)
-    times = {n: [] for n in names}
     warnings.simplefilter("ignore", precision.PrecisionFallbackWarning)
     with torch.no_grad():
-        for n in names:  # warm-up: first calls set up kernels and derived weights
-            apply(module, n)
-            module(**inputs)
-        for r in range(args.rounds):
-            for n in names[r % len(names):] + names[:r % len(names)]:
-                apply(module, n)
-                t0 = time.perf_counter()
-                module(**inputs)
-                times[n].append((time.perf_counter() - t0) * 1e3)
+        seconds = race({n: (lambda: module(**inputs)) for n in names}, rounds=args.rounds,
+                       before=lambda n: apply(module, n))
+    times = {n: [t * 1e3 for t in seconds[n]] for n in names}
     base = min(times["unpatched"])
     print(f"\nMeta MemoryAttention, grid {args.grid}, 7 frames + 16 pointers, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds")

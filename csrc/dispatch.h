@@ -1,5 +1,5 @@
 // Run-time ISA selection and the torch-free op entry points (used by register.cpp and by the
-// C++ test drivers in tests/csrc).
+// C++ test drivers in tests/backends/csrc).
 #pragma once
 #include <cstdint>
 

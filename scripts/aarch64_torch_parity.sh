@@ -52,8 +52,9 @@ fi
 rm -rf "$PKG/edgetam_kernels" "$PKG/tests"
 cp -r "$ROOT/edgetam_kernels" "$PKG/edgetam_kernels"
 # the tests run from a copy, so that nothing imports the host tree (and its x86 _C.so)
-mkdir -p "$PKG/tests" && cp "$ROOT"/tests/conftest.py "$ROOT"/tests/test_cpu_attention.py \
-  "$ROOT"/tests/test_cpu_perceiver.py "$ROOT"/tests/test_cpu_perceiver_attention.py "$PKG/tests/"
+mkdir -p "$PKG/tests" && cp "$ROOT"/tests/conftest.py "$ROOT"/tests/backends/test_cpu_attention.py \
+  "$ROOT"/tests/backends/test_cpu_perceiver.py "$ROOT"/tests/backends/test_cpu_perceiver_attention.py \
+  "$PKG/tests/"
 rm -f "$PKG"/edgetam_kernels/_C*.so
 PYINC=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 aarch64-linux-gnu-g++ -O3 -std=c++17 -shared -fPIC -fvisibility=hidden \
@@ -73,8 +74,8 @@ run() {
   echo "== qemu -cpu max, EDGETAM_KERNELS_CPU_ISA=${1:-auto}"
   EDGETAM_KERNELS_CPU_ISA=${1:-} PYTHONPATH="$PKG:$SITE" QEMU_CPU=max \
     qemu-aarch64-static -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" -m pytest -q -p no:cacheprovider \
-    --rootdir "$PKG" -c /dev/null tests/test_cpu_attention.py tests/test_cpu_perceiver.py \
-    tests/test_cpu_perceiver_attention.py -k "${PYTEST_K:-$DEFAULT_K}" ${PYTEST_ARGS:-}
+    --rootdir "$PKG" -c /dev/null tests/backends/test_cpu_attention.py tests/backends/test_cpu_perceiver.py \
+    tests/backends/test_cpu_perceiver_attention.py -k "${PYTEST_K:-$DEFAULT_K}" ${PYTEST_ARGS:-}
 }
 PYTHONPATH="$PKG:$SITE" QEMU_CPU=max qemu-aarch64-static -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" -c \
   "import torch, edgetam_kernels as ek; from edgetam_kernels import cpu; print('torch', torch.__version__, 'isa', cpu.isa(), cpu.available_isas()); print(ek.backends()['cpu'])"

@@ -17,7 +17,8 @@ DIST=${DIST:-$ROOT/dist}
 WORK=${WORK:-$ROOT/build/wheels}
 PY=${PYTHON:-python3}
 A64=${A64_ENV:-/opt/edgetam-aarch64}
-WHEEL_TESTS=(test_ops.py test_bad_input.py test_cpu_attention.py test_cpu_perceiver.py)
+WHEEL_TESTS=(ops/test_ops.py ops/test_bad_input.py backends/test_cpu_attention.py
+             backends/test_cpu_perceiver.py)
 mkdir -p "$DIST" "$WORK"
 
 tools() {
@@ -29,7 +30,7 @@ stage_tests() {
   local dst=$1
   rm -rf "$dst" && mkdir -p "$dst"
   cp tests/conftest.py "${WHEEL_TESTS[@]/#/tests/}" "$dst/"
-  [ -d tests/csrc ] && cp -r tests/csrc "$dst/" || true
+  [ -d tests/backends/csrc ] && cp -r tests/backends/csrc "$dst/" || true
 }
 
 # Retag to manylinux without bundling torch (a dependency, never vendored), then check that
@@ -74,7 +75,7 @@ assert "site-packages" in edgetam_kernels.__file__, edgetam_kernels.__file__
 assert b["available"], b["reason"]
 print("installed wheel:", os.path.dirname(edgetam_kernels.__file__), "| cpu:", b["detail"])
 EOF
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider "${WHEEL_TESTS[@]}"
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider "${WHEEL_TESTS[@]##*/}"
   )
 }
 
@@ -136,7 +137,7 @@ test_aarch64() {
   # torch itself needs ARMv8.2 (on -cpu cortex-a53 it dies with SIGILL), so the wheel runs on
   # -cpu max; the kernel tests force every ISA path the extension has (scalar, neon, neon_fp16,
   # neon_bf16). The no-FP16 fallback on a real ARMv8.0 core is covered by the torch-free C++
-  # kernel tests under -cpu cortex-a53 (tests/test_cpu_aarch64*.py).
+  # kernel tests under -cpu cortex-a53 (tests/backends/test_cpu_aarch64*.py).
   echo "== aarch64 wheel under qemu -cpu max (torch 2.10)"
   (
     cd "$WORK/tests-aarch64"

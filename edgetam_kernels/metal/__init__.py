@@ -1,7 +1,7 @@
 """Metal backend: MSL kernels dispatched on MPS tensors through torch.mps.compile_shader.
 
 The kernels live in kernels/*.metal; _launch.py turns each op into dispatches. The same launch
-code runs against a C++ emulation of Metal on Linux (tests/metal_emu), see docs/metal.md.
+code runs against a C++ emulation of Metal on Linux (tests/backends/metal_emu), see docs/metal.md.
 """
 
 from __future__ import annotations

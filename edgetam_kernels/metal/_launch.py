@@ -3,7 +3,7 @@
 Every function takes `lib`, an object whose attributes are kernels called as
 `lib.<name>(*tensors_and_scalars, threads=[...], group_size=[...])`: on a Mac that is the library
 torch.mps.compile_shader returns; in the Linux tests it is the C++ emulator's stand-in
-(tests/metal_emu/emu.py), so this file is exercised unchanged by both. Arguments bind the way
+(tests/backends/metal_emu/emu.py), so this file is exercised unchanged by both. Arguments bind the way
 compile_shader binds them: tensor -> device buffer, int -> constant long&, float -> constant
 float&, list of ints -> constant long*.
 """

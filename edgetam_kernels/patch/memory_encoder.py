@@ -26,7 +26,7 @@ activations stay channels-last (NHWC) from the first conv to the last GEMM:
   GEMM (`addmm_` into residual + bias).
 
 The same function in exact arithmetic; in fp32 the rounding differs at the 1e-7 level
-(tests/test_patch_memory_encoder.py compares with the float64 module).
+(tests/patch/test_patch_memory_encoder.py compares with the float64 module).
 
 Patched classes (each can also be patched alone): the memory encoder, the mask downsampler,
 the fuser and the ConvNeXt block, for Meta (`sam2.modeling.memory_encoder`), HF

@@ -120,6 +120,9 @@ ROPE_CASES: Dict[str, RopeCase] = {
 CPU_ROPE = ("sam2_self_8x8", "odd_5x7_heads_batch", "edgetam_cross_small", "one_frame_no_ptr",
             "all_pointers", "keys_not_tile_multiple", "self_32x32", "blocks_odd_dv")
 METAL_ROPE = ("self_4x5", "edgetam_cross_3x5", "head256", "d40_no_rope_keys")
+PARITY_ROPE = ("small", "odd_5x7_heads_batch", "one_frame_no_ptr", "all_pointers",
+               "blocks_odd_dv", "self_4x5", "edgetam_cross_3x5", "d40_no_rope_keys", "d48_odd",
+               "d20_dv12")
 TRITON_ROPE = ("edgetam_cross_5x7", "one_frame_d16", "self_8x8_batch2", "sam2_cross_dv40",
                "d48_odd", "d20_dv12")
 
@@ -322,20 +325,30 @@ PARITY_SPATIAL_PERCEIVER = ("odd_heads3_no_pos", "heads2_batch2", "global_only_n
 # ---------------------------------------------------------------------------------------------
 
 
+def _schema_args(op, **values) -> tuple:
+    """Positional arguments of `op` in its schema's order, by name (an optional argument not
+    given is None), so the calls follow the schema when an op gains an argument."""
+    return tuple(values.get(a.name) for a in op._schema.arguments)
+
+
 def schema_calls(backend: str = "reference", seed: Optional[int] = None):
-    """(name, torch.ops.edgetam.<op>, positional args) for each op at its "small" case, as
-    the schemas take them (lists, not tuples; the backend name last)."""
+    """(name, torch.ops.edgetam.<op>.default, positional args) for each op at its "small" case,
+    as the schemas take them (lists, not tuples; the backend name last)."""
     q, k, v, kw = rope_attention_inputs(ROPE_CASES["small"], seed=seed)
-    yield "rope_attention", torch.ops.edgetam.rope_attention, (
-        q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"], kw["num_k_exclude_rope"], 10000.0,
-        0.25, None, backend)
+    rope = torch.ops.edgetam.rope_attention.default
+    values = dict(q=q, k=k, v=v, theta=10000.0, scale=0.25, backend=backend, **kw)
+    yield "rope_attention", rope, _schema_args(rope, **values)
+    if "key_mask" in [a.name for a in rope._schema.arguments]:
+        mask = _Draw(seed)(q.shape[0], k.shape[2]) < 0.5
+        mask[0] = False  # a batch row with no valid key: zeros, finite gradients
+        yield "rope_attention key_mask", rope, _schema_args(rope, key_mask=mask, **values)
     case = PerceiverAttentionCase(batch=2, latents=5, tokens=9, dim=16, pos="batch")
     args, heads = perceiver_attention_inputs(case, seed=seed)
-    yield "perceiver_attention", torch.ops.edgetam.perceiver_attention, (
+    yield "perceiver_attention", torch.ops.edgetam.perceiver_attention.default, (
         *args, heads, 1e-5, backend)
     args, pkw = spatial_perceiver_inputs(SPATIAL_PERCEIVER_CASES["small"], seed=seed)
     for compute_dtype in (None, torch.bfloat16):
         yield f"spatial_perceiver compute_dtype={compute_dtype}", \
-            torch.ops.edgetam.spatial_perceiver, \
+            torch.ops.edgetam.spatial_perceiver.default, \
             (*args, pkw["depth"], pkw["heads"], pkw["use_self_attn"], 1e-5, compute_dtype,
              backend)

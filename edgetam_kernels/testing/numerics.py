@@ -14,9 +14,9 @@ TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, tor
 # spatial_perceiver(..., compute_dtype=torch.bfloat16) on fp32 inputs: only the global latents'
 # cross-attention products are bf16, so the error is far below TOLERANCE[bf16]. Measured: the
 # reference's own error against float64, seeds 0-2, depth 2, dim 64, FF 256, random weights as
-# tests/test_cpu_perceiver.py makes them: EdgeTAM's shape (64x64, 256 + 256 latents, 1 head)
+# tests/backends/test_cpu_perceiver.py makes them: EdgeTAM's shape (64x64, 256 + 256 latents, 1 head)
 # 4.3-4.6e-4; 32x32 with 64 + 64 latents, batch 2: 5.6-6.8e-4; the same with 2 heads:
-# 6.8-7.2e-4. Meta's PerceiverResampler (tests/_models.py weights) patched with the reference:
+# 6.8-7.2e-4. Meta's PerceiverResampler (testing/hosts.py weights) patched with the reference:
 # 6.2-7.8e-4 at 64x64, 8.9-9.7e-4 at 32x32. A kernel keeping the attention output in fp32
 # (the reference rounds it to bf16): 3.2-5.8e-4. The budget is 3.1x the largest of these, 6.5x
 # EdgeTAM's shape. Outside it (EdgeTAM's shape): the global latents missing the last 64 of
@@ -72,23 +72,17 @@ def edgetam_cross_attention_inputs(grid=64, frames=7, obj_ptr_tokens=64, batch=1
 
 def random_perceiver_weights(c=64, inner=64, hidden=256, depth=2, l1=256, l2=256, self_attn=True,
                              dtype=torch.float32, device="cpu"):
-    """EdgeTAM-sized perceiver weights (flat list in reference.PERCEIVER_LAYER_PARAMS order),
-    latents and final norm, with LayerNorm weights near 1 so activations stay well scaled."""
+    """EdgeTAM-sized perceiver weights (flat list in reference.PERCEIVER_LAYER_PARAMS order, drawn
+    by `cases.perceiver_weights` from torch's global generator), latents and final norm."""
+    from .cases import perceiver_weights
+
     g = dict(dtype=dtype, device=device)
 
     def ln():
         return [1 + 0.1 * torch.randn(c, **g), 0.1 * torch.randn(c, **g)]
 
-    def lin(o, i):
-        return torch.randn(o, i, **g) / i**0.5
-
-    ws = []
-    for _ in range(depth):
-        ws += ln() + ln() + [lin(inner, c), lin(2 * inner, c), lin(c, inner)]
-        ws += ln() + [lin(hidden, c), lin(c, hidden)]
-        if self_attn:
-            ws += ln() + [lin(inner, c), lin(2 * inner, c), lin(c, inner)]
-            ws += ln() + [lin(hidden, c), lin(c, hidden)]
+    ws = perceiver_weights(c, inner, hidden, depth, self_attn, dtype=dtype, device=device,
+                           seed=None)
     lat1 = torch.randn(l1, c, **g) if l1 else None
     lat2 = torch.randn(l2, c, **g) if l2 else None
     return ws, lat1, lat2, tuple(ln())

@@ -7,7 +7,7 @@ masks flow into memory. Meta's spatial perceiver cannot run a batch of several o
 `.view` on an expanded tensor), so for two objects each is tracked by its own Meta predictor and
 compared with our batched run. Hole filling (fill_hole_area 8, Meta's default) runs in both,
 with edgetam's connected components in Meta's predictor too (its own path needs OpenCV on
-CPU; `tests/test_edgetam_api.py` checks ours against a reference and OpenCV).
+CPU; `tests/edgetam/test_edgetam_api.py` checks ours against a reference and OpenCV).
 """
 
 import warnings

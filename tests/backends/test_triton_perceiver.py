@@ -6,6 +6,10 @@ import torch
 import edgetam_kernels as ek
 from edgetam_kernels import _registry, reference
 from edgetam_kernels.testing import TOLERANCE, assert_close, rel_l2, to64
+from edgetam_kernels.testing.cases import (
+    SPATIAL_PERCEIVER_CASES, TRITON_SPATIAL_PERCEIVER, PerceiverAttentionCase, SpatialPerceiverCase,
+    perceiver_attention_inputs, perceiver_weights, spatial_perceiver_inputs,
+)
 
 pytestmark = pytest.mark.skipif(
     _registry.why_unavailable("triton") is not None,
@@ -22,35 +26,20 @@ def _no_autotune(monkeypatch):
 
 
 def layer_weights(c, inner, hidden, self_attn, dtype, inner_s=None):
-    g = dict(dtype=dtype, device=DEV)
-    inner_s = inner if inner_s is None else inner_s
-
-    def ln():
-        return [1 + 0.1 * torch.randn(c, **g), 0.1 * torch.randn(c, **g)]
-
-    def lin(o, i):
-        return torch.randn(o, i, **g) / i**0.5
-
-    ws = ln() + ln() + [lin(inner, c), lin(2 * inner, c), lin(c, inner)]
-    ws += ln() + [lin(hidden, c), lin(c, hidden)]
-    if self_attn:
-        ws += ln() + [lin(inner_s, c), lin(2 * inner_s, c), lin(c, inner_s)]
-        ws += ln() + [lin(hidden, c), lin(c, hidden)]
-    return ws
+    return perceiver_weights(c, inner, hidden, 1, self_attn, inner_s, dtype=dtype, device=DEV,
+                             seed=None)
 
 
 def perceiver_inputs(b=2, c=16, grid=8, l1=8, l2=4, depth=2, self_attn=True, with_pos=True,
                      dtype=torch.float32, hidden=None, inner=None):
-    g = dict(dtype=dtype, device=DEV)
-    x = torch.randn(b, c, grid, grid, **g)
-    pos = torch.randn(b, c, grid, grid, **g) if with_pos else None
-    ws = []
-    for _ in range(depth):
-        ws += layer_weights(c, inner or c, hidden or 4 * c, self_attn, dtype)
-    lat1 = torch.randn(l1, c, **g) if l1 else None
-    lat2 = torch.randn(l2, c, **g) if l2 else None
-    norm = (1 + 0.1 * torch.randn(c, **g), 0.1 * torch.randn(c, **g))
-    return (x, pos, lat1, lat2, ws, *norm), dict(depth=depth, use_self_attn=self_attn)
+    return case_inputs(SpatialPerceiverCase(b, c, (grid, grid), l1, l2, depth, 1, self_attn,
+                                            "batch" if with_pos else None, inner, hidden), dtype)
+
+
+def case_inputs(case, dtype=torch.float32):
+    """Arguments and the kwargs other than heads (the tests pass their own)."""
+    args, kw = spatial_perceiver_inputs(case, dtype, DEV, seed=None)
+    return args, dict(depth=kw["depth"], use_self_attn=kw["use_self_attn"])
 
 
 def sp_ref(args, kw, heads=1):
@@ -67,11 +56,10 @@ def sp_run(args, kw, heads=1):
 
 
 def pa_inputs(b=2, l=20, n=37, c=16, inner=32, pos_batch=1, dtype=torch.float32):
-    g = dict(dtype=dtype, device=DEV)
-    lat = torch.randn(b, l, c, **g)
-    x = torch.randn(b, n, c, **g)
-    pos = torch.randn(pos_batch, n, inner, **g) if pos_batch else None
-    return (lat, x, pos, *layer_weights(c, inner, 4 * c, False, dtype)[:7])
+    pos = {0: None, 1: "shared"}.get(pos_batch, "batch")
+    args, _ = perceiver_attention_inputs(PerceiverAttentionCase(b, l, n, c, 1, inner, pos), dtype,
+                                         DEV, seed=None)
+    return tuple(args)
 
 
 @pytest.mark.parametrize("heads,pos_batch", [(1, 1), (2, 2), (1, 0), (4, 1)])
@@ -106,24 +94,16 @@ def test_perceiver_attention_non_contiguous():
 # spatial_perceiver
 # ---------------------------------------------------------------------------------------------
 
-SP_CASES = [
-    dict(c=16, grid=8, l1=8, l2=4),                     # 2x2 windows of 4x4 tokens
-    dict(c=32, grid=12, l1=16, l2=16),                  # 4x4 windows of 3x3 tokens
-    dict(c=16, grid=8, l1=8, l2=16, self_attn=False),   # cross-attention layers only
-    dict(c=16, grid=12, l1=0, l2=16),                   # patch latents only
-    dict(c=32, grid=8, l1=20, l2=0),                    # global latents only (20: 2 blocks)
-    dict(c=16, grid=8, l1=8, l2=4, with_pos=False, depth=1),
-    dict(c=16, grid=8, l1=8, l2=4, hidden=40, inner=24),  # non-power-of-two widths
-]
+SP_CASES = {name: SPATIAL_PERCEIVER_CASES[name] for name in TRITON_SPATIAL_PERCEIVER}
 
 
-@pytest.mark.parametrize("case", SP_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("case", list(SP_CASES))
 def test_spatial_perceiver_fp32(case):
-    args, kw = perceiver_inputs(**case)
-    if case.get("inner", 16) != case["c"] and args[1] is not None:
-        args = (args[0], None, *args[2:])  # pos needs inner == channels
+    c = SP_CASES[case]
+    args, kw = case_inputs(c)
     out = sp_run(args, kw)
-    assert out.shape == (2, case["l1"] + case["l2"], case["c"]) and out.dtype == torch.float32
+    assert out.shape == (c.batch, c.global_latents + c.patch_latents, c.dim)
+    assert out.dtype == torch.float32
     assert_close(out, sp_ref(args, kw), torch.float32, str(case))
 
 

@@ -12,7 +12,7 @@ import torch
 import edgetam_kernels as ek
 from edgetam_kernels.testing import rel_l2
 
-import _models as M
+from edgetam_kernels.testing import hosts as M
 
 pytest.importorskip("sam2")
 pytest.importorskip("transformers.models.edgetam_video")

@@ -18,7 +18,7 @@ import edgetam_kernels as ek
 from edgetam_kernels.patch import fpn as _adapters_fpn
 from edgetam_kernels.testing import rel_l2
 
-import _models as M
+from edgetam_kernels.testing import hosts as M
 
 pytest.importorskip("timm")
 

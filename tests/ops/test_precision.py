@@ -23,7 +23,7 @@ from edgetam_kernels.precision import decide_cpu, decide_cuda, decide_mps
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 X86_ISAS = ("scalar", "avx2", "avx512", "avx512_bf16", "avx512_amx")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)
@@ -330,7 +330,7 @@ class _DtypesSeen(TorchDispatchMode):
 
 def _meta_memory_attention():
     pytest.importorskip("sam2")
-    import _models as M
+    from edgetam_kernels.testing import hosts as M
 
     grid = 16
     inputs = M.memory_attention_inputs(grid, frames=1, ptrs=2, batch=1, seed=1)

@@ -23,7 +23,7 @@ import torch
 from . import bindgen
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
+REPO = HERE.parents[2]  # tests/backends/metal_emu -> the checkout
 KERNEL_DIR = REPO / "edgetam_kernels" / "metal" / "kernels"
 RUNTIME = [HERE / "emu_runtime.cpp", HERE / "emu_main.cpp"]
 HEADERS = [HERE / "emu_runtime.h", HERE / "metal_shim.h", HERE / "metal_stdlib", HERE / "emu_glue.h"]

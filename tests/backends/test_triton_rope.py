@@ -11,6 +11,7 @@ import torch
 import edgetam_kernels as ek
 from edgetam_kernels import _registry, reference
 from edgetam_kernels.testing import TOLERANCE, assert_close, rel_l2, to64
+from edgetam_kernels.testing.cases import ROPE_CASES, TRITON_ROPE, RopeCase, rope_attention_inputs
 
 pytestmark = pytest.mark.skipif(
     _registry.why_unavailable("triton") is not None,
@@ -35,14 +36,8 @@ def _kernel():
 def make(b, h, q_grid, k_grid, frames, front, n_ptr, d, dv=None, dtype=torch.float32):
     """q, k, v for queries on q_grid and `frames` key frames of `front` unrotated tokens plus a
     k_grid of rotated ones, then n_ptr object-pointer tokens."""
-    dv = d if dv is None else dv
-    n_q = q_grid[0] * q_grid[1]
-    n_k = frames * (front + k_grid[0] * k_grid[1]) + n_ptr
-    q = torch.randn(b, h, n_q, d, device=DEV, dtype=dtype)
-    k = torch.randn(b, h, n_k, d, device=DEV, dtype=dtype)
-    v = torch.randn(b, h, n_k, dv, device=DEV, dtype=dtype)
-    return q, k, v, dict(q_grid=list(q_grid), k_grid=list(k_grid), k_repeat=frames,
-                         num_k_exclude_rope=n_ptr)
+    case = RopeCase(b, h, q_grid, d, frames, k_grid, front, n_ptr, dv)
+    return rope_attention_inputs(case, dtype, DEV, seed=None)
 
 
 def ref64(q, k, v, kw, scale=None, compute=False):
@@ -56,24 +51,14 @@ def run(q, k, v, kw, **extra):
     return ek.rope_attention(q, k, v, backend="triton", **kw, **extra)
 
 
-# (batch, heads, q grid, k grid, frames, unrotated front tokens per frame, pointer tokens, D, Dv)
-CASES = [
-    (2, 2, (5, 7), (2, 2), 3, 2, 5, 32, 32),   # EdgeTAM cross rules, odd sizes
-    (1, 2, (4, 4), (2, 2), 1, 4, 0, 16, 16),   # one frame, no pointers, D 16 (padded to 32)
-    (2, 1, (8, 8), (8, 8), 1, 0, 0, 64, 64),   # SAM 2 self-attention: k = q grid
-    (1, 1, (4, 4), (3, 2), 2, 0, 4, 64, 40),   # SAM 2 cross rule (no front tokens), Dv != D
-    (2, 2, (5, 7), (2, 3), 3, 1, 1, 48, 48),   # D 48: padded head dim, pairs masked
-    (1, 1, (4, 4), (2, 2), 2, 2, 3, 20, 12),   # D 20: D/4 = 5 column pairs
-]
+CASES = {name: ROPE_CASES[name] for name in TRITON_ROPE}
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}h{}q{}x{}k{}x{}f{}p{}d{}v{}".format(
-    c[0], c[1], *c[2], *c[3], c[4], c[6], c[7], c[8]))
+@pytest.mark.parametrize("case", list(CASES))
 def test_fp32_matches_reference(case):
-    b, h, qg, kg, frames, front, n_ptr, d, dv = case
-    q, k, v, kw = make(b, h, qg, kg, frames, front, n_ptr, d, dv)
+    q, k, v, kw = rope_attention_inputs(CASES[case], device=DEV, seed=None)
     out = run(q, k, v, kw)
-    assert out.dtype == q.dtype and out.shape == (b, h, q.shape[2], dv)
+    assert out.dtype == q.dtype and out.shape == (*q.shape[:3], v.shape[-1])
     assert_close(out, ref64(q, k, v, kw), torch.float32, "fp32")
 
 
@@ -176,11 +161,10 @@ def test_every_output_element_written(monkeypatch):
 SDPA = dict(SDPA=True)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[7] == c[8] and c[7] % 8 == 0],
-                         ids=lambda c: "q{}x{}k{}x{}f{}p{}d{}".format(*c[2], *c[3], *c[4:8]))
+@pytest.mark.parametrize("case", [name for name, c in CASES.items()
+                                  if c.value_dim in (None, c.head_dim) and c.head_dim % 8 == 0])
 def test_sdpa_strategy_matches_reference(case):
-    b, h, qg, kg, frames, front, ptr, d, dv = case
-    q, k, v, kw = make(b, h, qg, kg, frames, front, ptr, d, dv)
+    q, k, v, kw = rope_attention_inputs(CASES[case], device=DEV, seed=None)
     out = _kernel()(q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
                     kw["num_k_exclude_rope"], 10000.0, None, None, config=SDPA)
     assert_close(out, ref64(q, k, v, kw), torch.float32, str(case))

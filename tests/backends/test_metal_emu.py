@@ -1,5 +1,5 @@
 """The Metal backend on Linux: the .metal sources compiled by g++ under a shim and executed by a
-C++ emulation of Metal's execution model (tests/metal_emu), against the float64 reference.
+C++ emulation of Metal's execution model (tests/backends/metal_emu), against the float64 reference.
 
 What this proves and what it cannot is in docs/metal.md. The emulator is tested first (ids,
 simdgroup functions, threadgroup memory, compile_shader's binding rules, the faults it must

@@ -1,4 +1,4 @@
-"""The Metal backend on a real Apple GPU: the emulator's cases (tests/metal_emu/cases.py) through
+"""The Metal backend on a real Apple GPU: the emulator's cases (tests/backends/metal_emu/cases.py) through
 the public ops with backend="metal" on MPS tensors, against the float64 CPU reference.
 Skipped, with the reason, wherever the backend cannot run (every machine without MPS)."""
 

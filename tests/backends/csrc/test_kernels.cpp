@@ -2,7 +2,7 @@
 // a naive double-precision reference (fp32, bf16 and fp16 inputs / compute), the perceiver
 // cross-attention block against one too, and the spatial perceiver of each SIMD path against
 // the scalar path. Built natively and cross-built for aarch64 (run under qemu) by
-// tests/test_cpu_aarch64.py.
+// tests/backends/test_cpu_aarch64.py.
 //
 //   test_kernels [--expect-best ISA] [--expect-supported ISA,...]
 #include <cmath>
@@ -14,8 +14,8 @@
 #include <thread>
 #include <vector>
 
-#include "../../csrc/dispatch.h"
-#include "../../csrc/simd/convert.h"
+#include "../../../csrc/dispatch.h"
+#include "../../../csrc/simd/convert.h"
 
 using namespace edgetam_cpu;
 

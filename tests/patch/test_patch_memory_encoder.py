@@ -23,7 +23,7 @@ from edgetam_kernels.patch import memory_encoder as A
 from edgetam_kernels.patch import is_patched, patched_modules
 from edgetam_kernels.testing import rel_l2
 
-import _models as M
+from edgetam_kernels.testing import hosts as M
 
 FP32_REL_L2 = 1e-5
 KINDS = ["meta", "hf", "ours"]

@@ -15,7 +15,7 @@ re-parameterised encoder of patch's fuse_encoder=True is tested). Every tracked 
 CPU budget: the full prompt/object matrix runs at 512; at 1024 one case per model runs in CI,
 the rest is marked slow. The image encoder is computed once per frame and encoder state
 (unpatched, or re-parameterised by patch's default fuse_encoder=True) and reused by every run on
-the same clip (tests/_models.memoize_image_encoder).
+the same clip (edgetam_kernels.testing.hosts.memoize_image_encoder).
 """
 
 from dataclasses import dataclass, field
@@ -29,7 +29,7 @@ import edgetam_kernels as ek
 from edgetam_kernels.patch import patched_modules
 from edgetam_kernels.testing import rel_l2
 
-import _models as M
+from edgetam_kernels.testing import hosts as M
 
 pytest.importorskip("sam2")
 pytest.importorskip("transformers.models.edgetam_video")

@@ -20,7 +20,7 @@ import edgetam_kernels as ek
 from edgetam_kernels.patch import is_patched, patched_modules
 from edgetam_kernels.testing import rel_l2
 
-import _models as M
+from edgetam_kernels.testing import hosts as M
 
 timm = pytest.importorskip("timm")
 
@@ -29,7 +29,7 @@ FP32_REL_L2 = 1e-5  # the project's fp32 bound (README), vs a float64 reference
 # 26 MLPs and the stem (GELU on NHWC views), 23 blocks and 3 downsamples (residual MLPs)
 _ENCODER_PATCHES = 1 + 106 + 23 + 26 + 1 + 23 + 3
 # and in Meta's image_encoder / HF's vision_encoder the FPN neck's position encoding
-# (per-shape tables, tests/test_patch_fpn.py)
+# (per-shape tables, tests/patch/test_patch_fpn.py)
 _NECK_PATCHES = 1
 
 

@@ -16,7 +16,7 @@ import edgetam_kernels as ek
 from edgetam_kernels.patch import is_patched, patched_modules
 from edgetam_kernels.testing import EDGETAM, PERCEIVER_BF16_COMPUTE, TOLERANCE, rel_l2
 
-import _models as M
+from edgetam_kernels.testing import hosts as M
 
 pytest.importorskip("sam2")
 pytest.importorskip("transformers.models.edgetam_video")
@@ -194,8 +194,8 @@ def test_whole_meta_predictor():
     assert expected <= names
     # the mask decoder's plain attentions lose the forced SDPA math path
     assert any(n.startswith("sam_mask_decoder.transformer") for n in names)
-    # the RepViT trunk (fuse_encoder=True, the default; tests/test_patch_encoder.py); of the FPN
-    # neck only its position encoding, and the model's forward_image (tests/test_patch_fpn.py)
+    # the RepViT trunk (fuse_encoder=True, the default; tests/patch/test_patch_encoder.py); of the FPN
+    # neck only its position encoding, and the model's forward_image (tests/patch/test_patch_fpn.py)
     assert "image_encoder.trunk.body.stages_1.blocks.0.token_mixer" in names
     assert {n for n in names if n.startswith("image_encoder.neck")} == {
         "image_encoder.neck.position_encoding"}

@@ -1,4 +1,4 @@
-"""The C++ kernel tests (tests/csrc/test_kernels.cpp, torch-free) built natively and cross-built
+"""The C++ kernel tests (tests/backends/csrc/test_kernels.cpp, torch-free) built natively and cross-built
 for aarch64, run under qemu: NEON + BF16 dot with `-cpu max`, the plain NEON fallback with
 `-cpu cortex-a53` (no FP16 / BF16, where those instructions would raise SIGILL).
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # every torch-free kernel source of csrc/sources.txt: each ISA file compiles to nothing on
 # another architecture, so one list serves the host and the cross build
-SOURCES = ["tests/csrc/test_kernels.cpp", *(
+SOURCES = ["tests/backends/csrc/test_kernels.cpp", *(
     row.split()[1] for row in (ROOT / "csrc" / "sources.txt").read_text().splitlines()
     if row.strip() and not row.startswith("#") and row.split()[0] != "torch")]
 CROSS = shutil.which("aarch64-linux-gnu-g++")

@@ -18,7 +18,7 @@ import edgetam_kernels as ek
 from edgetam_kernels.patch import is_patched, perceiver_weights
 from edgetam_kernels.testing import rel_l2
 
-import _models as M
+from edgetam_kernels.testing import hosts as M
 
 pytest.importorskip("sam2")
 TOL = 1e-5

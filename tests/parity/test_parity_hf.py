@@ -1,6 +1,6 @@
 """Reference ops vs Hugging Face's EdgeTAM modules (transformers' edgetam_video), random weights.
 
-HF's modules get Meta's random weights through a state-dict map (tests/_models.py), so the
+HF's modules get Meta's random weights through a state-dict map (edgetam_kernels/testing/hosts.py), so the
 same float64 oracle also shows that Meta's and HF's implementations compute one function.
 Every fp32 result (HF's module, HF's module patched with backend="reference" at three scopes,
 the functional ops) is compared with HF's module run in float64: relative L2 under 1e-5.
@@ -13,7 +13,7 @@ import edgetam_kernels as ek
 from edgetam_kernels.patch import is_patched, perceiver_weights
 from edgetam_kernels.testing import rel_l2
 
-import _models as M
+from edgetam_kernels.testing import hosts as M
 
 pytest.importorskip("transformers.models.edgetam_video")
 pytest.importorskip("sam2")

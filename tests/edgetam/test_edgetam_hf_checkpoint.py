@@ -32,7 +32,7 @@ from edgetam.cli import main
 from edgetam.predictor import Frames
 from edgetam_kernels.testing import rel_l2
 
-import _models as M
+from edgetam_kernels.testing import hosts as M
 
 pytest.importorskip("transformers.models.edgetam_video")
 pytest.importorskip("timm")
