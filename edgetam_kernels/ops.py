@@ -151,7 +151,8 @@ def rope_attention(
       True = the key may be attended. Masked keys contribute exactly nothing: the result is
       attention over the valid keys alone, each keeping the RoPE position of its index in the
       full layout (a fixed-capacity memory bank's empty slots change no result). A batch row
-      with no valid key gives zeros, not NaN.
+      with no valid key gives zeros, not NaN. Masked keys may hold any finite values (zeros,
+      stale memory); NaN or inf there is not guaranteed to be ignored (0 * NaN).
     - backend: "auto" (best available for the device; EDGETAM_KERNELS_BACKEND overrides),
       "reference", "cpu", "triton" or "metal" (raises if it cannot run these inputs).
     """
