@@ -25,7 +25,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from edgetam_kernels.triton import perceiver  # noqa: E402
 from edgetam_kernels.triton import rope_attention as ra  # noqa: E402
 
-PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.uint8: "*u8"}
 RESULTS = []
 SMEM_LIMIT = {90: 232448, 80: 166912, 89: 101376, 86: 101376}
 
