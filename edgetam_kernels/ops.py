@@ -9,7 +9,8 @@ One path from the API to a kernel:
            -> kernel(...)                          reference.py, cpu/, triton/ or metal/
 
 Each op has a fake (meta) implementation for tracing and an autograd formula that recomputes
-the reference in backward, so gradients are exact whichever kernel ran forward.
+the reference in backward, so gradients are exact whichever kernel ran forward, and an `.out`
+overload with the same arguments plus `*, Tensor(a!) out` for ExecuTorch (_out_variants.py).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def _register_reference_autograd(op, ref_fn, n_args: int) -> None:
     def backward(ctx, grad_out):
         saved = ctx.saved_tensors
         with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(t.requires_grad or t.is_floating_point())
+            # Non-floating tensors (rope_attention's bool key_mask) are inputs, not leaves.
+            leaves = [t.detach().requires_grad_() if t.is_floating_point() else t
                       for t in saved]
             args = []
             for entry in ctx.layout:
@@ -59,7 +61,12 @@ def _register_reference_autograd(op, ref_fn, n_args: int) -> None:
                 else:
                     args.append(entry[1])
             out = ref_fn(*args[:n_args])
-            grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+            diff = [i for i, t in enumerate(leaves) if t.requires_grad]
+            found = torch.autograd.grad(out, [leaves[i] for i in diff], grad_out,
+                                        allow_unused=True)
+            grads = [None] * len(leaves)
+            for i, g in zip(diff, found):
+                grads[i] = g
         result = []
         for entry in ctx.layout:
             if entry[0] == "t":
@@ -90,9 +97,11 @@ def _rope_attention_op(
     theta: float,
     scale: float,
     compute_dtype: Optional[torch.dtype],
+    key_mask: Optional[Tensor],
     backend: str,
 ) -> Tensor:
-    args = (q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale, compute_dtype)
+    args = (q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale, compute_dtype,
+            key_mask)
     _checks.rope_attention(*args)
     if q.numel() == 0 or v.shape[-1] == 0:  # nothing to compute; kernels never see empty work
         return q.new_empty((*q.shape[:3], v.shape[3]))
@@ -101,13 +110,14 @@ def _rope_attention_op(
 
 
 @_rope_attention_op.register_fake
-def _(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale, compute_dtype, backend):
+def _(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale, compute_dtype,
+      key_mask, backend):
     _checks.rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale,
-                           compute_dtype)
+                           compute_dtype, key_mask)
     return q.new_empty((*q.shape[:3], v.shape[3]))
 
 
-_register_reference_autograd(_rope_attention_op, reference.rope_attention, 10)
+_register_reference_autograd(_rope_attention_op, reference.rope_attention, 11)
 
 
 def rope_attention(
@@ -122,6 +132,7 @@ def rope_attention(
     theta: float = 10000.0,
     scale: Optional[float] = None,
     compute_dtype: Optional[torch.dtype] = None,
+    key_mask: Optional[Tensor] = None,
     backend: str = "auto",
 ) -> Tensor:
     """Scaled dot-product attention with SAM 2 / EdgeTAM axial RoPE applied to q and k.
@@ -137,12 +148,21 @@ def rope_attention(
     - scale: default 1/sqrt(D). compute_dtype: optional precision for the attention itself
       (e.g. torch.bfloat16 with fp32 inputs); the output has q's dtype. "auto": the precision
       policy's choice for q's device (`edgetam_kernels.precision`).
+    - key_mask: optional bool tensor (B, Nk) or (1, Nk) on q's device, shared by all heads;
+      True = the key may be attended. Masked keys contribute exactly nothing: the result is
+      attention over the valid keys alone, each keeping the RoPE position of its index in the
+      full layout (a fixed-capacity memory bank's empty slots change no result). A batch row
+      with no valid key gives zeros, not NaN. Masked keys may hold any finite values (zeros,
+      stale memory); NaN or inf there is not guaranteed to be ignored (0 * NaN).
     - backend: "auto" (best available for the device; EDGETAM_KERNELS_BACKEND overrides),
       "reference", "cpu", "triton" or "metal" (raises if it cannot run these inputs).
     """
     compute_dtype = precision.for_op(compute_dtype, q)  # "auto": the policy, for q's device
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.tensor(name, t)
+    if key_mask is not None and not isinstance(key_mask, Tensor):  # the dispatcher's message
+        raise TypeError(f"key_mask must be None or a bool torch.Tensor, got "  # would not say
+                        f"{type(key_mask).__name__}")
     squeeze = q.dim() == 3
     if squeeze:
         if k.dim() != 3 or v.dim() != 3:
@@ -173,9 +193,9 @@ def rope_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
     _registry.requested(backend)
-    out = torch.ops.edgetam.rope_attention(
+    out = torch.ops.edgetam.rope_attention.default(
         q, k, v, q_grid, k_grid, int(k_repeat), int(num_k_exclude_rope), float(theta),
-        float(scale), compute_dtype, backend,
+        float(scale), compute_dtype, key_mask, backend,
     )
     return out.squeeze(1) if squeeze else out
 
@@ -246,7 +266,7 @@ def perceiver_attention(
     _checks.tensor("latents", latents)
     _checks.tensor("x", x)
     _registry.requested(backend)
-    return torch.ops.edgetam.perceiver_attention(
+    return torch.ops.edgetam.perceiver_attention.default(
         latents, x, pos, ln_latents_w, ln_latents_b, ln_x_w, ln_x_b, w_q, w_kv, w_out,
         int(heads), float(eps), backend,
     )
@@ -336,7 +356,7 @@ def spatial_perceiver(
         if not isinstance(t, Tensor):
             _checks.tensor(f"weights[{i}]", t)
     _registry.requested(backend)
-    return torch.ops.edgetam.spatial_perceiver(
+    return torch.ops.edgetam.spatial_perceiver.default(
         x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, int(depth), int(heads),
         bool(use_self_attn), float(eps), compute_dtype, backend,
     )
@@ -391,3 +411,6 @@ def _register_autocast() -> None:
 
 
 _register_autocast()
+
+# The ops' `.out` overloads (ExecuTorch runs those); defined once the functional ops exist.
+from . import _out_variants  # noqa: E402,F401

@@ -86,3 +86,102 @@ def random_perceiver_weights(c=64, inner=64, hidden=256, depth=2, l1=256, l2=256
     lat1 = torch.randn(l1, c, **g) if l1 else None
     lat2 = torch.randn(l2, c, **g) if l2 else None
     return ws, lat1, lat2, tuple(ln())
+
+
+# ---------------------------------------------------------------------------------------------
+# rope_attention's key_mask: an independent oracle and the masks every backend is tested with
+# ---------------------------------------------------------------------------------------------
+
+
+def masked_rope_attention_oracle(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta,
+                                 scale, key_mask) -> torch.Tensor:
+    """float64 attention over only the valid keys, concatenated: each batch row rotates its
+    keys in the full layout, keeps the True ones and runs a plain softmax over them; a row with
+    none gives zeros. Shares no masking code with the ops (reference.rotate_keys gives the
+    RoPE, itself checked against the textbook formula)."""
+    from . import reference
+
+    q, k, v = (t.detach().double() for t in (q, k, v))
+    cos, sin = reference.rope_cos_sin(q_grid[0], q_grid[1], q.shape[-1], theta, q.device)
+    q = reference.apply_rope(q, cos, sin)
+    k = reference.rotate_keys(k, k_grid, k_repeat, num_k_exclude_rope, theta)
+    mask = key_mask.expand(q.shape[0], -1)
+    out = q.new_zeros((*q.shape[:3], v.shape[-1]))
+    for b in range(q.shape[0]):
+        keep = mask[b].nonzero().flatten()
+        if keep.numel() == 0:
+            continue
+        kb, vb = k[b][:, keep], v[b][:, keep]
+        weights = torch.softmax(q[b] @ kb.transpose(-1, -2) * scale, dim=-1)
+        out[b] = weights @ vb
+    return out
+
+
+def key_mask_cases(batch: int, frames: int, frame_len: int, n_ptr: int, seed: int = 0,
+                   device="cpu"):
+    """(name, mask) pairs for keys laid out as `frames` frames of `frame_len` tokens then n_ptr
+    object-pointer tokens (EdgeTAM's cross-attention): a random mask; whole memory frames and
+    some pointer tokens removed, differently per batch row (a fixed-capacity bank with empty
+    slots); one batch row with no valid key; all True; a (1, Nk) mask broadcast over the
+    batch."""
+    g = torch.Generator().manual_seed(seed)
+    n_k = frames * frame_len + n_ptr
+    random = torch.rand(batch, n_k, generator=g) < 0.6
+    random[:, 0] = True  # at least one valid key per row
+    slots = torch.ones(batch, n_k, dtype=torch.bool)
+    for b in range(batch):
+        for f in range(frames):
+            if (f + b) % 3 == 1 or f >= frames - b:  # row b: its last b frames are empty slots
+                slots[b, f * frame_len:(f + 1) * frame_len] = False
+        ptr = slots[b, frames * frame_len:]
+        ptr[(torch.arange(n_ptr) + b) % 4 == 0] = False  # some objects' pointer tokens
+        if not slots[b].any():
+            slots[b, -1] = True
+    one_empty = random.clone()
+    one_empty[batch // 2] = False
+    broadcast = torch.rand(1, n_k, generator=g) < 0.5
+    broadcast[0, -1] = True
+    cases = [("random", random), ("frames_and_pointers", slots), ("row_all_masked", one_empty),
+             ("all_true", torch.ones(batch, n_k, dtype=torch.bool)), ("broadcast", broadcast)]
+    return [(name, m.to(device)) for name, m in cases]
+
+
+def masked_cross_attention_inputs(batch=3, heads=2, q_grid=(4, 6), frames=3, lead=4,
+                                  k_grid=(4, 4), n_ptr=8, d=32, dv=24, dtype=torch.float32,
+                                  device="cpu", seed=0):
+    """EdgeTAM's memory cross-attention layout scaled down (k_grid (16, 16) -> (4, 4)): `frames`
+    memory frames of `lead` unrotated global latents then k_grid rotated patch latents, then
+    n_ptr object-pointer tokens. Returns q, k, v (B, H, N, D) and the rope keyword arguments."""
+    g = torch.Generator().manual_seed(seed)
+    n_k = frames * (lead + k_grid[0] * k_grid[1]) + n_ptr
+    q = torch.randn(batch, heads, q_grid[0] * q_grid[1], d, generator=g)
+    k = torch.randn(batch, heads, n_k, d, generator=g)
+    v = torch.randn(batch, heads, n_k, dv, generator=g)
+    q, k, v = (t.to(dtype=dtype, device=device) for t in (q, k, v))
+    return q, k, v, dict(q_grid=list(q_grid), k_grid=list(k_grid), k_repeat=frames,
+                         num_k_exclude_rope=n_ptr)
+
+
+def check_key_mask(run, dtype=torch.float32, compute_dtype=None, device="cpu", **shape):
+    """A backend's masked rope_attention against the valid-keys-only oracle on every mask of
+    key_mask_cases. `run(q, k, v, kw, key_mask)` calls the backend (key_mask may be None).
+    Also: rows whose keys are all masked are exactly zero; all True equals no mask; and the
+    same comparison fails for the unmasked result (a kernel that ignored the mask)."""
+    q, k, v, kw = masked_cross_attention_inputs(dtype=dtype, device=device, **shape)
+    lead = shape.get("lead", 4)
+    frame_len = lead + kw["k_grid"][0] * kw["k_grid"][1]
+    tol = TOLERANCE[compute_dtype or dtype]
+    plain = run(q, k, v, kw, None)
+    for name, mask in key_mask_cases(q.shape[0], kw["k_repeat"], frame_len,
+                                     kw["num_k_exclude_rope"], device=device):
+        out = run(q, k, v, kw, mask)
+        exact = masked_rope_attention_oracle(q, k, v, kw["q_grid"], kw["k_grid"],
+                                             kw["k_repeat"], kw["num_k_exclude_rope"], 10000.0,
+                                             q.shape[-1] ** -0.5, mask)
+        assert_close(out, exact, compute_dtype or dtype, f"key_mask {name}")
+        empty = ~mask.expand(q.shape[0], -1).any(dim=1)
+        assert torch.equal(out[empty].cpu(), torch.zeros_like(out[empty]).cpu()), name
+        if bool(mask.all()):
+            assert_close(out, plain, compute_dtype or dtype, "all True vs no mask", tol)
+        else:
+            assert rel_l2(plain, exact) > 20 * tol, f"{name}: the mask would not be noticed"

@@ -130,7 +130,7 @@ def test_opcheck(case):
 def test_opcheck_with_grad(case):
     _, op, args = case
     args = tuple(
-        a.clone().requires_grad_() if isinstance(a, torch.Tensor) else
+        a.clone().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else
         [t.clone().requires_grad_() for t in a] if isinstance(a, list) and a and isinstance(a[0], torch.Tensor)
         else a for a in args)
     torch.library.opcheck(op, args)
