@@ -99,7 +99,7 @@ def masked_rope_attention_oracle(q, k, v, q_grid, k_grid, k_repeat, num_k_exclud
     keys in the full layout, keeps the True ones and runs a plain softmax over them; a row with
     none gives zeros. Shares no masking code with the ops (reference.rotate_keys gives the
     RoPE, itself checked against the textbook formula)."""
-    from . import reference
+    from .. import reference
 
     q, k, v = (t.detach().double() for t in (q, k, v))
     cos, sin = reference.rope_cos_sin(q_grid[0], q_grid[1], q.shape[-1], theta, q.device)
