@@ -102,10 +102,7 @@ class Tracker:
             raise ValueError(f"graph=True needs a CUDA model, the model is on {dev}")
         self.use_graph = dev.type == "cuda" and graph in ("auto", True)
         self.max_objects = int(max_objects)
-        self.layout = StateLayout(max_cond_frames=int(max_cond_frames),
-                                  num_recent=model.num_maskmem - 1,
-                                  num_ptrs=model.max_obj_ptrs_in_encoder - 1,
-                                  mem_dim=model.mem_dim, ptr_dim=model.hidden_dim)
+        self.layout = StateLayout.for_model(model, max_cond_frames)
         self.step = TrackStep(self.model, self.layout, fill_hole_area)
         self.prompt_step = PromptStep(self.model, fill_hole_area)
         self.reset()

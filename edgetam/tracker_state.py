@@ -51,6 +51,14 @@ class StateLayout:
         if self.max_cond_frames < 1:
             raise ValueError(f"max_cond_frames must be >= 1, got {self.max_cond_frames}")
 
+    @classmethod
+    def for_model(cls, model, max_cond_frames: int = 2) -> "StateLayout":
+        """The bank an EdgeTAM model reads: Meta's windows (num_maskmem - 1 recent frames,
+        max_obj_ptrs_in_encoder - 1 recent pointers) and its memory / pointer widths."""
+        return cls(max_cond_frames=int(max_cond_frames), num_recent=model.num_maskmem - 1,
+                   num_ptrs=model.max_obj_ptrs_in_encoder - 1, mem_dim=model.mem_dim,
+                   ptr_dim=model.hidden_dim)
+
     def specs(self, num_objects: int) -> List[Tuple[str, Tuple[int, ...], torch.dtype]]:
         n, c, r, p = num_objects, self.max_cond_frames, self.num_recent, self.num_ptrs
         m, d, pd = self.mem_tokens, self.mem_dim, self.ptr_dim
