@@ -37,6 +37,7 @@ def _meta_frames(meta, frames, size):
     h, w = frames[0].shape[:2]
     original = svp.load_video_frames
     svp.load_video_frames = lambda **kw: (images, h, w)
+    svp.tqdm = lambda it, **kw: it  # no progress bars between the timings
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
