@@ -233,6 +233,14 @@ def _unchanged(tr, snap):
     assert all(torch.equal(a, b) for a, b in zip(state, tr.state()))
 
 
+@pytest.fixture(scope="module")
+def two_objects(model):
+    tr = Tracker(model, max_objects=3)
+    tr.add(FRAMES[0], [1, 2], points=[[list(CENTRE)], [list(OTHER)]], labels=[[1], [1]])
+    tr.track(FRAMES[1])
+    return tr
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda tr: tr.track(FRAMES[0][..., 0]), "frame"),
     (lambda tr: tr.track(FRAMES[0].astype(np.float32)), "frame"),
@@ -251,10 +259,8 @@ def _unchanged(tr, snap):
     (lambda tr: tr.add(FRAMES[0], 2.5, **_click(CENTRE)), "obj_id"),
     (lambda tr: tr.remove(9), "obj_id"),
 ])
-def test_bad_input_names_the_argument_and_changes_nothing(model, call, match):
-    tr = Tracker(model, max_objects=3)
-    tr.add(FRAMES[0], [1, 2], points=[[list(CENTRE)], [list(OTHER)]], labels=[[1], [1]])
-    tr.track(FRAMES[1])
+def test_bad_input_names_the_argument_and_changes_nothing(two_objects, call, match):
+    tr = two_objects  # shared: every case leaves it as it was (that is what is tested)
     snap = _snapshot(tr)
     with pytest.raises((ValueError, TypeError, KeyError), match=match):
         call(tr)
