@@ -25,7 +25,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from edgetam_kernels.triton import perceiver  # noqa: E402
 from edgetam_kernels.triton import rope_attention as ra  # noqa: E402
 
-PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.uint8: "*u8"}
 RESULTS = []
 SMEM_LIMIT = {90: 232448, 80: 166912, 89: 101376, 86: 101376}
 
@@ -126,7 +126,7 @@ def main():
             k = torch.empty(1, 1, 3648, d, dtype=dt)
             tab = ra.rope_table(64, d, 10000.0, q.device)
             out = torch.empty(1, 1, 4096, d, dtype=dt)
-            geo = dict(q_w=64, k_w=16, frame=512, n_front=256, n_rope=3584)
+            geo = dict(q_w=64, k_w=16, frame=512, n_front=256, n_rope=3584, key_mask=None)
             cfgs = ra.candidate_configs(1, 4096, 3648, d, d, torch.device("cpu"),
                                         torch.empty((), dtype=dt).element_size())
             seen = set()
