@@ -280,3 +280,18 @@ def test_constructor_checks(model):
         Tracker(model, max_cond_frames=0)
     with pytest.raises(RuntimeError, match="step_inputs"):
         Tracker(model).step_inputs()
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_equals_eager(steady):
+    """torch.compile(step, fullgraph=True) on CPU with edgetam_kernels' ops inside: no graph
+    break (fullgraph raises on one), same outputs."""
+    inputs = steady.step_inputs()
+    with torch.no_grad():
+        want = steady.step(*inputs)
+        got = torch.compile(steady.step, fullgraph=True)(*inputs)
+    for a, b in zip(got, want):
+        if a.is_floating_point():
+            torch.testing.assert_close(a.float(), b.float(), atol=1e-4, rtol=1e-4)
+        else:
+            assert torch.equal(a, b)
