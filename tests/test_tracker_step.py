@@ -291,7 +291,9 @@ def test_compile_fullgraph_equals_eager(steady):
         want = steady.step(*inputs)
         got = torch.compile(steady.step, fullgraph=True)(*inputs)
     for a, b in zip(got, want):
-        if a.is_floating_point():
-            torch.testing.assert_close(a.float(), b.float(), atol=1e-4, rtol=1e-4)
+        if a.dtype == torch.bfloat16:  # stored memory: a rounding flip is one bf16 ulp
+            torch.testing.assert_close(a, b, atol=2e-2, rtol=1e-2)
+        elif a.is_floating_point():
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
         else:
             assert torch.equal(a, b)
