@@ -6,9 +6,8 @@ import pytest
 import torch
 
 import edgetam_kernels as ek
-from edgetam_kernels import reference
-from edgetam_kernels.testing import (TOLERANCE, assert_close, key_mask_cases,
-                                     masked_rope_attention_oracle, rel_l2, to64)
+from edgetam_kernels.testing import (assert_close, key_mask_cases, masked_rope_attention_oracle,
+                                     rel_l2)
 
 # EdgeTAM's cross-attention layout scaled down: k_grid (16, 16) -> (4, 4), each memory frame
 # 4 global latents then the 4x4 rotated patch latents, then object-pointer tokens.
