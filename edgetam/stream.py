@@ -169,7 +169,8 @@ class FpsMeter:
             return None
         fps = self._win_frames / (now - self._win_start)
         self._win_start, self._win_frames = now, 0
-        return f"frame {self.frames}: {fps:.2f} FPS now, {self.mean_fps():.2f} FPS mean"
+        return (f"{self.frames} tracked frame(s): {fps:.2f} FPS now, {self.mean_fps():.2f} FPS "
+                f"mean")
 
     def mean_fps(self) -> float:
         elapsed = self.clock() - self._start
