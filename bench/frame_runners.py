@@ -98,6 +98,16 @@ class Runner:
     def next(self):
         raise NotImplementedError
 
+    def stop(self):
+        """Drop the session (state, iterators): what is left is the model."""
+        for key in ("state", "it", "session", "inputs"):
+            self.__dict__.pop(key, None)
+        if hasattr(self, "tracker"):
+            self.tracker.reset()
+        import gc
+
+        gc.collect()
+
 
 class Meta(Runner):
     name = "meta"

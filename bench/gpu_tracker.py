@@ -4,9 +4,11 @@
   tracker:graph   edgetam.Tracker, graph="auto": the step captured as a CUDA graph and replayed
   tracker:eager   edgetam.Tracker, graph=False: the same step launched op by op
   meta            Meta's SAM2VideoPredictor (edgetam-dimos), eager
-  meta+compile    the same with its own compile option (compile_image_encoder: torch.compile of
-                  the image encoder, mode max-autotune, fullgraph)
   hf              Hugging Face's EdgeTamVideoModel, streaming session
+  meta+compile    Meta's with its own compile option (compile_image_encoder: torch.compile of
+                  the image encoder, mode max-autotune, fullgraph). It compiles once per size
+                  and precision, minutes each: by default only at the first size and precision
+                  (1024, bf16: the headline comparison), --compile-all for every group
 
 then GPU memory after 500 frames (1024, 1 object, bf16). Random weights, object score forced
 positive (bench/frame_runners.py). bf16: our Tracker runs the model in bfloat16 (dtype=);
@@ -37,7 +39,7 @@ import torch  # noqa: E402
 
 import frame_runners as R  # noqa: E402
 
-IMPLS = ("tracker:graph", "tracker:eager", "meta", "meta+compile", "hf")
+IMPLS = ("tracker:graph", "tracker:eager", "meta", "hf", "meta+compile")
 TARGET_FPS = 300.0  # issue 18: 1024, bf16, 1 object, with the graph, on an H100
 
 
@@ -48,19 +50,22 @@ def parse(argv=None):
     ap.add_argument("--sizes", default="1024,512")
     ap.add_argument("--objects", default="1,3")
     ap.add_argument("--precisions", default="bf16,fp32")
-    ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--impls", default=None, help=f"comma list of {', '.join(IMPLS)} (all)")
     ap.add_argument("--warm", type=int, default=5, help="untimed frames per case")
     ap.add_argument("--frames", type=int, default=200, help="timed frames per case (at most)")
     ap.add_argument("--case-seconds", type=float, default=3.0,
                     help="stop a case's timed frames after this long")
     ap.add_argument("--memory-frames", type=int, default=500)
+    ap.add_argument("--compile-all", action="store_true",
+                    help="meta+compile in every group, not only the first size and precision")
     ap.add_argument("--smoke", action="store_true",
                     help="CPU, 256x256, 1 and 2 objects, 2 timed frames, 12-frame memory run, "
-                         "no Meta compile: checks the script runs")
+                         "no Meta compile unless --impls names it: checks the script runs")
     a = ap.parse_args(argv)
     if a.smoke:
         a.sizes, a.objects, a.warm, a.frames, a.memory_frames = "256", "1,2", 1, 2, 12
-        a.impls = ",".join(i for i in a.impls.split(",") if i != "meta+compile")
+        a.impls = a.impls or ",".join(i for i in IMPLS if i != "meta+compile")
+    a.impls = a.impls or ",".join(IMPLS)
     return a
 
 
@@ -120,6 +125,7 @@ class Bench:
     def memory_case(self, impl, size, precision):
         r = self.runner(impl, size, precision)
         cuda = self.device == "cuda"
+        r.stop()
         with torch.inference_mode():
             if cuda:
                 torch.cuda.empty_cache()
@@ -154,6 +160,9 @@ class Bench:
         memory_after = sum(1 for g in groups if g[2] == objects[0])  # after the 1-object groups
         for i, (size, precision, n) in enumerate(groups):
             for impl in impls:
+                if impl == "meta+compile" and not a.compile_all and \
+                        (size, precision) != (sizes[0], precisions[0]):
+                    continue
                 self.guarded(f"fps {impl} {size} {precision} {n}obj",
                              lambda: self.rows.append(self.fps_case(impl, size, precision, n)))
             if i + 1 == memory_after:
