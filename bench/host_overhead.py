@@ -7,9 +7,10 @@ one) and where a frame's time goes, on the CPU at a tiny input, for Meta's predi
 EdgeTamVideoModel, edgetam.VideoPredictor before the Tracker (read from git), this checkout's
 VideoPredictor, Tracker.track and the pure Tracker.step (bench/frame_runners.py). Steady state:
 --warm frames first (past the 7-frame memory and the 16-pointer windows), then --frames timed.
-Columns: wall ms per frame (min over the timed frames, no counter attached); in-op ms (time
-inside the dispatched ops, from the counted pass); host ms = wall - in-op, the time spent in
-Python and dispatch outside the ops, which on a GPU is what issues the launches.
+Columns: wall ms per frame (median of the timed frames, no counter attached); in-op ms (time
+inside the dispatched ops) and host ms (the rest: Python and dispatch outside the ops, which on
+a GPU is what issues the launches) from a second, counted pass over as many frames, whose own
+per-op cost is measured on a trivial op and taken off.
 
     python bench/host_overhead.py --frame [--size 256] [--objects 1] \
         [--out bench/results/host_overhead_frame.md]
@@ -31,6 +32,7 @@ import argparse
 import copy
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -103,13 +105,35 @@ def _frame_row(name, a):
         runner.next()
         walls.append(time.perf_counter() - t)
     counter = _OpCounter()
+    t = time.perf_counter()
     with counter.mode:
         for _ in range(a.frames):
             runner.next()
+    counted = time.perf_counter() - t
+    # host time from the counted pass itself: its wall time less the time inside the ops and
+    # less what the counter adds per op (measured on a trivial op)
+    host = counted - counter.in_op_s - counter.ops * _counter_cost_per_op()
     top = sorted(counter.by_op.items(), key=lambda kv: -kv[1])[:3]
-    return {"ops": counter.ops / a.frames, "wall_ms": min(walls) * 1e3,
-            "in_op_ms": counter.in_op_s / a.frames * 1e3,
+    return {"ops": counter.ops / a.frames, "wall_ms": statistics.median(walls) * 1e3,
+            "in_op_ms": counter.in_op_s / a.frames * 1e3, "host_ms": host / a.frames * 1e3,
             "top": ", ".join(f"{str(f).replace('aten.', '')} {n / a.frames:.0f}" for f, n in top)}
+
+
+def _counter_cost_per_op(calls: int = 2000) -> float:
+    """Seconds the counting mode adds to one dispatched op (outside the op's own time)."""
+    x = torch.zeros(4)
+
+    def loop():
+        t = time.perf_counter()
+        for _ in range(calls):
+            torch.add(x, 1)
+        return time.perf_counter() - t
+
+    plain = min(loop() for _ in range(3))
+    counter = _OpCounter()
+    with counter.mode:
+        counted = min(loop() for _ in range(3))
+    return max(counted - plain, 0.0) / calls
 
 
 FRAME_LABELS = {
@@ -134,7 +158,7 @@ def frame_table(a):
              f"{platform.python_version()}, torch {torch.__version__}, 1 thread; random "
              f"weights, fp32; {a.warm} frames of warm-up, then {a.frames} frames; 'before' = "
              f"edgetam at {sha} ({before}).", "",
-             "| tracker | aten ops / frame | wall ms / frame | in-op ms | host ms (wall - in-op) "
+             "| tracker | aten ops / frame | wall ms / frame | in-op ms | host ms "
              "| most frequent ops / frame |", "|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     with torch.inference_mode():
@@ -142,8 +166,7 @@ def frame_table(a):
             try:
                 r = _frame_row(name, a)
                 row = (f"| {FRAME_LABELS.get(name, name)} | {r['ops']:.0f} | {r['wall_ms']:.1f} "
-                       f"| {r['in_op_ms']:.1f} | {max(r['wall_ms'] - r['in_op_ms'], 0):.1f} | "
-                       f"{r['top']} |")
+                       f"| {r['in_op_ms']:.1f} | {r['host_ms']:.1f} | {r['top']} |")
             except Exception as e:  # noqa: BLE001 - one failing tracker must not hide the rest
                 row = f"| {FRAME_LABELS.get(name, name)} | error: {type(e).__name__}: {e} | | | | |"
             lines.append(row)
