@@ -358,6 +358,7 @@ def _stream_loop(tracker, src, points, box, masks_dir: str) -> dict:
     tracked = meter.frames if meter is not None else 0
     return {
         "frames": frames, "stopped_by": stopped_by, "error": error,
+        "tracker_state_bytes": tracker.state_bytes(),  # fixed once the windows are full
         "prompt_ms": round(prompt_ms, 2),
         "mean_tracked_frame_ms": round(meter.mean_step_ms(), 2) if tracked else None,
         "slowest_tracked_frame_ms": round(meter.slowest_ms, 2) if tracked else None,

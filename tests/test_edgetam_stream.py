@@ -132,6 +132,7 @@ def test_cli_stream_url(clip, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "stream" and summary["frames"] == 3
     assert summary["stopped_by"] is None and summary["fps"] > 0
+    assert summary["tracker_state_bytes"] > 0
 
 
 def test_cli_stream_ctrl_c_writes_summary(clip, tmp_path, capsys, monkeypatch):
