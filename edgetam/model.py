@@ -231,6 +231,19 @@ class EdgeTAM(nn.Module):
                                     num_ptr_tokens, key_mask)
         return out.transpose(1, 2).reshape(b, c, s, s)
 
+    def tracked_frame(self, vision: Tensor, vision_pos: Tensor, high_res: List[Tensor],
+                      memory: Tensor, memory_pos: Tensor, num_spatial_mem: int,
+                      num_ptr_tokens: int, key_mask: Optional[Tensor] = None):
+        """A frame without prompts: memory attention, then the SAM heads (multimask, the best
+        mask kept). The per-frame math of both bookkeepers: VideoPredictor (Meta's dicts, via
+        `track_step`) and Tracker's step (a fixed bank, empty slots masked by key_mask).
+        Returns (low_res_masks, high_res_masks, obj_ptr, object_score_logits)."""
+        pix = self.condition_on_memory(vision, vision_pos, memory, memory_pos, num_spatial_mem,
+                                       num_ptr_tokens, key_mask)
+        low, high, _, obj_ptr, score = self.sam_heads(pix, high_res, None, None,
+                                                      self.use_multimask(False, None))
+        return low, high, obj_ptr, score
+
     def encode_memory(self, pix_feat: Tensor, high_res_masks: Tensor, is_mask_from_pts: bool):
         """(B, C, H, W) features + (B, 1, S, S) mask logits -> perceiver latents and their pos,
         both (B, 512, 64)."""
@@ -259,6 +272,11 @@ class EdgeTAM(nn.Module):
         if mask_inputs is not None:
             pix = vision.transpose(1, 2).reshape(b, c, s, s)
             low, high, _, obj_ptr, obj_score = self.mask_as_output(pix, high_res, mask_inputs)
+        elif not is_init_cond_frame and point_inputs is None and prev_sam_mask_logits is None:
+            memory, memory_pos, n_sp, n_ptr = self.gather_memory(frame_idx, output_dict,
+                                                                 num_frames, reverse)
+            low, high, obj_ptr, obj_score = self.tracked_frame(vision, vision_pos, high_res,
+                                                               memory, memory_pos, n_sp, n_ptr)
         else:
             if is_init_cond_frame:
                 pix = (vision + self.no_mem_embed).transpose(1, 2).reshape(b, c, s, s)

@@ -84,7 +84,7 @@ class Tracker:
     """
 
     def __init__(self, model: EdgeTAM, *, device=None, dtype=None, max_objects: int = 16,
-                 graph="auto", max_cond_frames: int = 4, fill_hole_area: int = 8) -> None:
+                 graph="auto", max_cond_frames: int = 2, fill_hole_area: int = 8) -> None:
         if not isinstance(model, EdgeTAM):
             raise TypeError(f"model: Tracker takes an edgetam.EdgeTAM, got {type(model)}")
         if isinstance(max_objects, bool) or not isinstance(max_objects, numbers.Integral) \
@@ -102,10 +102,7 @@ class Tracker:
             raise ValueError(f"graph=True needs a CUDA model, the model is on {dev}")
         self.use_graph = dev.type == "cuda" and graph in ("auto", True)
         self.max_objects = int(max_objects)
-        self.layout = StateLayout(max_cond_frames=int(max_cond_frames),
-                                  num_recent=model.num_maskmem - 1,
-                                  num_ptrs=model.max_obj_ptrs_in_encoder - 1,
-                                  mem_dim=model.mem_dim, ptr_dim=model.hidden_dim)
+        self.layout = StateLayout.for_model(model, max_cond_frames)
         self.step = TrackStep(self.model, self.layout, fill_hole_area)
         self.prompt_step = PromptStep(self.model, fill_hole_area)
         self.reset()
@@ -168,7 +165,10 @@ class Tracker:
 
         points (P, 2) pixels (x, y) of this frame with labels (P,) 1 / 0, and / or box
         (x0, y0, x1, y1); or mask (H, W) at the frame's size. Several objects at once: obj_id
-        a list of N ids, points (N, P, 2), labels (N, P), box (N, 4), mask (N, H, W)."""
+        a list of N ids and per-object lists (or arrays) points [N x (P_i, 2)], labels
+        [N x (P_i,)], box [N x 4] (an entry may be None, e.g. a box for one object and clicks
+        for another), or mask (N, H, W). Objects with the same number of points run as one
+        batch of `prompt_step`."""
         t = _as_hwc_uint8(frame, "frame")
         h, w = int(t.shape[0]), int(t.shape[1])
         ids = self._check_ids(obj_id)
@@ -186,8 +186,13 @@ class Tracker:
             masks = torch.zeros(0, 1, m.image_size // 4, m.image_size // 4, device=m.device)
             scores = torch.zeros(0, 1, device=m.device)
             state = list(self.layout.empty(0, self._frame + 1, m.device))
-        if prompt[0] == "points":
-            p_masks, p_scores, p_ptr, p_mem = self.prompt_step.from_points(*feats, *prompt[1:])
+        if prompt[0] == "points":  # one batch per number of points
+            parts = [(ks, self.prompt_step.from_points(*feats, pts, labs))
+                     for ks, pts, labs in prompt[1]]
+            order = torch.tensor([k for ks, _ in parts for k in ks], device=m.device)
+            p_masks, p_scores, p_ptr, p_mem = (
+                torch.cat([out[j] for _, out in parts]).index_select(0, order.argsort())
+                for j in range(4))
         else:
             p_masks, p_scores, p_ptr, p_mem = self.prompt_step.from_mask(*feats, prompt[1])
         if new_ids:
@@ -283,6 +288,12 @@ class Tracker:
                                   antialias=True)
                 m = (m >= 0.5).to(m.dtype)
             return ("mask", m)
+        if isinstance(points, (list, tuple)) and all(x is None for x in points):
+            points = None
+        if isinstance(labels, (list, tuple)) and all(x is None for x in labels):
+            labels = None
+        if isinstance(box, (list, tuple)) and all(x is None for x in box):
+            box = None
         per_obj = []
         for k in range(n):
             pk = None if points is None else (points if n == 1 and _rank(points) < 3
@@ -293,13 +304,12 @@ class Tracker:
                                            else _index(box, k, n, "box"))
             per_obj.append(prompt_points(pk, lk, bk, w, h, self.model.image_size, True,
                                          self.model.device))
-        counts = {p.shape[1] for p, _ in per_obj}
-        if len(counts) != 1:
-            raise ValueError(f"points: every object needs the same number of prompt points "
-                             f"(a box counts 2), got {sorted(counts)}")
-        pts = torch.cat([p for p, _ in per_obj]).to(self.model.no_obj_ptr.dtype)
-        labs = torch.cat([lb for _, lb in per_obj])
-        return ("points", pts, labs)
+        groups = []
+        for count in sorted({p.shape[1] for p, _ in per_obj}):
+            ks = [k for k, (p, _) in enumerate(per_obj) if p.shape[1] == count]
+            pts = torch.cat([per_obj[k][0] for k in ks]).to(self.model.no_obj_ptr.dtype)
+            groups.append((ks, pts, torch.cat([per_obj[k][1] for k in ks])))
+        return ("points", groups)
 
     def _store_prompts(self, state: List[Tensor], rows: List[int], mem: Tensor,
                        obj_ptr: Tensor) -> List[Tensor]:
@@ -332,7 +342,8 @@ def _rank(x) -> int:
 
 
 def _index(x, k: int, n: int, name: str):
-    arr = x if isinstance(x, Tensor) else np.asarray(x)
+    """Object k's entry of a per-object argument (a list may hold None or ragged entries)."""
+    arr = x if isinstance(x, (Tensor, list, tuple)) else np.asarray(x)
     if len(arr) != n:
         raise ValueError(f"{name}: {n} object ids but {len(arr)} entries")
     return arr[k]

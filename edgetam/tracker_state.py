@@ -12,8 +12,8 @@ Rows are objects (the tracker's objects in the order they joined). Per object:
     ptr           (N, P, 256)               float32    object pointers of the last P frames
     ptr_valid     (N, P)                    bool
 
-C = max_cond_frames (the cap on conditioning frames, default 4: the first prompted frame and the
-latest 3), R = num_maskmem - 1 = 6, P = max_obj_ptrs_in_encoder - 1 = 15 (Meta attends to the
+C = max_cond_frames (the cap on conditioning frames, default 2: the first prompted frame and the
+latest one; each slot costs 512 keys of memory attention whether filled or not), R = num_maskmem - 1 = 6, P = max_obj_ptrs_in_encoder - 1 = 15 (Meta attends to the
 pointers of every conditioning frame plus those of the 15 previous frames). Memory latents are
 stored in bfloat16, as Meta's predictor stores them. Frame t writes ring slot t % R (t % P): a
 slot's age, and so its temporal encoding, follows from frame_idx alone, and a frame that was a
@@ -38,7 +38,7 @@ STATE_NAMES = ("frame_idx", "cond_mem", "cond_ptr", "cond_valid", "recent_mem", 
 class StateLayout:
     """Sizes of the bank; `num_objects` is the number of rows."""
 
-    max_cond_frames: int = 4
+    max_cond_frames: int = 2
     num_recent: int = 6
     num_ptrs: int = 15
     mem_tokens: int = 512
@@ -50,6 +50,14 @@ class StateLayout:
     def __post_init__(self) -> None:
         if self.max_cond_frames < 1:
             raise ValueError(f"max_cond_frames must be >= 1, got {self.max_cond_frames}")
+
+    @classmethod
+    def for_model(cls, model, max_cond_frames: int = 2) -> "StateLayout":
+        """The bank an EdgeTAM model reads: Meta's windows (num_maskmem - 1 recent frames,
+        max_obj_ptrs_in_encoder - 1 recent pointers) and its memory / pointer widths."""
+        return cls(max_cond_frames=int(max_cond_frames), num_recent=model.num_maskmem - 1,
+                   num_ptrs=model.max_obj_ptrs_in_encoder - 1, mem_dim=model.mem_dim,
+                   ptr_dim=model.hidden_dim)
 
     def specs(self, num_objects: int) -> List[Tuple[str, Tuple[int, ...], torch.dtype]]:
         n, c, r, p = num_objects, self.max_cond_frames, self.num_recent, self.num_ptrs

@@ -105,12 +105,10 @@ class TrackStep(_Features):
         m = self.model
         n = cond_mem.shape[0]
         memory, memory_pos, key_mask, frames, ptr_tokens = self.memory_bank(state)
-        pix = m.condition_on_memory(vision.expand(n, -1, -1), vision_pos.expand(n, -1, -1),
-                                    memory, memory_pos, frames, ptr_tokens, key_mask)
         high_res = [high0.expand(n, -1, -1, -1), high1.expand(n, -1, -1, -1)]
-        # a tracked frame has no points: Meta asks for multimask output (the best one is kept)
-        low, high, _, obj_ptr, score = m.sam_heads(pix, high_res, None, None,
-                                                   multimask_output=m.use_multimask(False, None))
+        low, high, obj_ptr, score = m.tracked_frame(
+            vision.expand(n, -1, -1), vision_pos.expand(n, -1, -1), high_res, memory,
+            memory_pos, frames, ptr_tokens, key_mask)
         new_mem, _ = m.encode_memory(self._pix(vision, n), high, is_mask_from_pts=False)
         masks = fill_holes(low, self.fill_hole_area)
         r, p = recent_valid.shape[1], ptr_valid.shape[1]
@@ -136,7 +134,7 @@ class PromptStep(_Features):
     def from_points(self, vision: Tensor, vision_pos: Tensor, high0: Tensor, high1: Tensor,
                     points: Tensor, labels: Tensor) -> Tuple[Tensor, ...]:
         """-> mask_logits (N, 1, S/4, S/4), scores (N, 1), obj_ptr (N, 256), memory
-        (N, 512, 64) in the bank's dtype."""
+        (N, 512, 64) in the model's dtype (the bank stores it in bfloat16)."""
         m = self.model
         n = points.shape[0]
         pix = self._pix(vision + m.no_mem_embed, n)
