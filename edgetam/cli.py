@@ -283,7 +283,7 @@ def track_stream(args) -> dict:
     """--stream: decode one frame, track it, write its mask, repeat; FPS printed about once a
     second; Ctrl-C (or the end of the source, or a read error mid-stream) ends the run with the
     summary written. Memory stays bounded: one frame in flight and the Tracker's fixed state."""
-    from edgetam.tracker import Tracker
+    import edgetam
 
     out_dir = _check_out_dir(args.out)
     if args.frames is not None and args.frames < 1:
@@ -291,7 +291,7 @@ def track_stream(args) -> dict:
     src, points = _open_stream_source(args)
     with src:
         model, threads = _load_model(args)
-        tracker = Tracker(model, max_objects=1)
+        tracker = edgetam.Tracker(model, max_objects=1)
         print(f"edgetam: streaming {src.description}, image size {args.image_size}, device "
               f"{args.device}, backend {args.backend}, {threads} CPU thread(s); Ctrl-C stops",
               file=sys.stderr)
