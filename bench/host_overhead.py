@@ -9,6 +9,7 @@ torch's custom-op dispatch, the Triton launcher's bookkeeping, the patched modul
 gathering). Not included: Triton's own launch path and CUDA allocations, which need a GPU.
 
     python bench/host_overhead.py [--rounds 15] [--calls 200]
+    python bench/host_overhead.py --frame [...]   # per tracked frame instead: bench/host_frame.py
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ class _NoLaunch:
 
 
 def main(argv=None):
+    if "--frame" in (sys.argv[1:] if argv is None else argv):  # per tracked frame, no stubs
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import host_frame
+
+        return host_frame.main(argv)
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=200)

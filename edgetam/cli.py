@@ -3,8 +3,13 @@
     python -m edgetam track --out out/ --frames 8 --image-size 512        # synthetic demo clip
     python -m edgetam track video.mp4 --point 320,180 --checkpoint edgetam.pt --out out/
     python -m edgetam track frames/ --box 100,80,260,200 --out out/
+    python -m edgetam track 0 --stream --point 320,240 --out out/       # camera 0, live
+    python -m edgetam track rtsp://host/cam --stream --box 10,10,200,200 --out out/
 
 Output folder: masks/00000.png ... (0 / 255), overlay.gif, summary.json (per-frame times).
+With --stream the source is decoded and tracked one frame at a time (edgetam.Tracker) with the
+FPS printed as it goes; masks are written as they come, no overlay, and Ctrl-C stops cleanly
+with the summary written.
 Everything is written into a temporary folder next to DIR and moved into place at the end, so an
 error leaves nothing half-written.
 """
@@ -12,6 +17,7 @@ error leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -43,9 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Minimal pure-PyTorch EdgeTAM video tracking.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("track", help="track one object from a click or box on the first frame")
-    t.add_argument("video", nargs="?", default="synthetic",
-                   help="mp4 file, folder of JPEG/PNG frames, or 'synthetic' (default): a "
-                        "generated clip of a moving disc")
+    t.add_argument("video", nargs="?", default="synthetic", metavar="SOURCE",
+                   help="mp4 file, folder of JPEG/PNG frames, 'synthetic' (default: a generated "
+                        "clip of a moving disc); with --stream also a camera index (0, 1, ...) "
+                        "or a URL FFmpeg opens (rtsp://..., http://..., file:...)")
+    t.add_argument("--stream", action="store_true",
+                   help="read SOURCE frame by frame and track each frame as it arrives "
+                        "(edgetam.Tracker): live FPS, bounded memory, Ctrl-C stops; implied "
+                        "by a camera index or a URL")
     t.add_argument("--point", action="append", type=lambda s: _pair(s, 2, "--point"),
                    metavar="X,Y", help="foreground click on frame 0, in pixels (repeatable)")
     t.add_argument("--box", type=lambda s: _pair(s, 4, "--box"), metavar="X0,Y0,X1,Y1",
@@ -124,33 +135,13 @@ def _choose_threads(spec: str) -> int:
     return max(1, min(default, idle))
 
 
-def track(args) -> dict:
-    import numpy as np
+def _load_model(args):
+    """The model the options ask for, on the library's fast paths; (model, CPU threads)."""
     import torch
 
     import edgetam
-    from edgetam import video_io
+    import edgetam_kernels
 
-    out_dir = _check_out_dir(args.out)
-    if args.frames is not None and args.frames < 1:
-        raise CliError(f"--frames must be >= 1, got {args.frames}")
-
-    # frames and prompt
-    if args.video == "synthetic":
-        frames, centre = video_io.synthetic_clip(args.frames or 8)
-        source = f"synthetic clip ({len(frames)} frames, {frames[0].shape[1]}x{frames[0].shape[0]})"
-        points = args.point or ([centre] if args.box is None else None)
-    else:
-        try:
-            frames = video_io.read_frames(args.video, args.frames)
-        except (video_io.VideoReadError, ValueError) as e:
-            raise CliError(str(e)) from e
-        source = f"{args.video} ({len(frames)} frames, {frames[0].shape[1]}x{frames[0].shape[0]})"
-        points = args.point
-        if points is None and args.box is None:
-            raise CliError("give the object to track on frame 0: --point X,Y or --box X0,Y0,X1,Y1")
-
-    # model
     threads = _choose_threads(str(args.threads))
     torch.set_num_threads(threads)
     from edgetam_kernels import precision
@@ -170,25 +161,78 @@ def track(args) -> dict:
         raise CliError(str(e)) from e
     # the fused model's encoder on the library's fast paths too (on CPU: channels-last convs,
     # the MLPs' GELU and residual fused into oneDNN convolutions; docs/patch.md)
-    import edgetam_kernels
-
     edgetam_kernels.patch(model, backend=args.backend, compute_dtype=dtype)
     if args.checkpoint is None:
         # random weights predict "no object": bias the object score so masks flow into memory
         with torch.no_grad():
             model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
+    return model, threads, dtype_name
+
+
+@contextlib.contextmanager
+def _staging(out_dir: str):
+    """A temporary sibling of `out_dir` to write the results into: moved into place when the
+    block ends normally, removed when it raises, so an error leaves nothing half-written."""
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".edgetam-tmp-", dir=parent)
+    try:
+        yield tmp
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked by _check_out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _prompt_kwargs(points, box) -> dict:
+    return dict(points=None if points is None else [list(p) for p in points],
+                labels=None if points is None else [1] * len(points),
+                box=None if box is None else list(box))
+
+
+def track(args) -> dict:
+    import numpy as np
+
+    import edgetam
+    from edgetam import video_io
+    from edgetam.predictor import Frames
+
+    out_dir = _check_out_dir(args.out)
+    if args.frames is not None and args.frames < 1:
+        raise CliError(f"--frames must be >= 1, got {args.frames}")
+
+    # frames and prompt
+    if args.video == "synthetic":
+        frames, centre = video_io.synthetic_clip(args.frames or 8)
+        inputs = frames
+        source = f"synthetic clip ({len(frames)} frames, {frames[0].shape[1]}x{frames[0].shape[0]})"
+        points = args.point or ([centre] if args.box is None else None)
+    else:
+        try:
+            frames = video_io.read_frames(args.video, args.frames)
+            # the model's inputs resized as Meta's predictor resizes this path (same masks)
+            resized, size = video_io.read_model_frames(args.video, args.image_size, args.frames)
+        except (video_io.VideoReadError, ValueError) as e:
+            raise CliError(str(e)) from e
+        inputs = Frames(resized, args.image_size, video_size=size)
+        source = f"{args.video} ({len(frames)} frames, {frames[0].shape[1]}x{frames[0].shape[0]})"
+        points = args.point
+        if points is None and args.box is None:
+            raise CliError("give the object to track on frame 0: --point X,Y or --box X0,Y0,X1,Y1")
+
+    model, threads, dtype_name = _load_model(args)
     predictor = edgetam.VideoPredictor(model)
     print(f"edgetam: {source}, image size {args.image_size}, device {args.device}, "
           f"backend {args.backend}, compute {dtype_name} (--dtype {args.dtype}), "
           f"{threads} CPU thread(s)", file=sys.stderr)
 
-    state = predictor.init_state(frames)
+    state = predictor.init_state(inputs)
+
     t0 = time.perf_counter()
     try:
-        predictor.add_new_points_or_box(
-            state, 0, 1, points=None if points is None else [list(p) for p in points],
-            labels=None if points is None else [1] * len(points),
-            box=None if args.box is None else list(args.box))
+        predictor.add_new_points_or_box(state, 0, 1, **_prompt_kwargs(points, args.box))
     except (ValueError, TypeError) as e:
         raise CliError(f"bad prompt: {e}") from e
     prompt_ms = (time.perf_counter() - t0) * 1e3
@@ -219,11 +263,7 @@ def track(args) -> dict:
         "mask_area": [float(m.mean()) for m in masks],
     }
 
-    # write everything into a temporary sibling folder, then move it into place
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".edgetam-tmp-", dir=parent)
-    try:
+    with _staging(out_dir) as tmp:
         os.makedirs(os.path.join(tmp, "masks"))
         for i, m in enumerate(masks):
             video_io.write_mask_png(os.path.join(tmp, "masks", f"{i:05d}.png"), m)
@@ -231,12 +271,6 @@ def track(args) -> dict:
                            [video_io.overlay(f, [m]) for f, m in zip(frames, masks)])
         with open(os.path.join(tmp, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=1)
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty (checked above)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
     print(f"prompt frame: {prompt_ms:.0f} ms; tracked frames: {per_frame:.0f} ms/frame "
           f"({1e3 / per_frame:.2f} FPS) at {args.image_size}x{args.image_size} on {args.device}, "
@@ -247,6 +281,112 @@ def track(args) -> dict:
     return summary
 
 
+def _open_stream_source(args):
+    """(frame source, prompt points) for --stream; the source is opened (and checked) before
+    the model is built."""
+    from edgetam import stream, video_io
+
+    if args.video == "synthetic":
+        frames, centre = video_io.synthetic_clip(args.frames or 8)
+        points = args.point or ([centre] if args.box is None else None)
+        return stream.frames_source(frames, "synthetic clip", args.frames), points
+    if args.point is None and args.box is None:
+        raise CliError("give the object to track on frame 0: --point X,Y or --box X0,Y0,X1,Y1")
+    try:
+        return stream.open_source(args.video, args.frames), args.point
+    except (video_io.VideoReadError, ValueError) as e:
+        raise CliError(str(e)) from e
+
+
+def track_stream(args) -> dict:
+    """--stream: decode one frame, track it, write its mask, repeat; FPS printed about once a
+    second; Ctrl-C (or the end of the source, or a read error mid-stream) ends the run with the
+    summary written. Memory stays bounded: one frame in flight and the Tracker's fixed state."""
+    import edgetam
+
+    out_dir = _check_out_dir(args.out)
+    if args.frames is not None and args.frames < 1:
+        raise CliError(f"--frames must be >= 1, got {args.frames}")
+    src, points = _open_stream_source(args)
+    with src:
+        model, threads, dtype_name = _load_model(args)
+        tracker = edgetam.Tracker(model, max_objects=1)
+        print(f"edgetam: streaming {src.description}, image size {args.image_size}, device "
+              f"{args.device}, backend {args.backend}, compute {dtype_name} (--dtype {args.dtype}), "
+              f"{threads} CPU thread(s); Ctrl-C stops",
+              file=sys.stderr)
+        with _staging(out_dir) as tmp:
+            os.makedirs(os.path.join(tmp, "masks"))
+            run = _stream_loop(tracker, src, points, args.box, os.path.join(tmp, "masks"))
+            summary = {
+                "source": src.description, "mode": "stream", "image_size": args.image_size,
+                "device": args.device, "backend": args.backend, "dtype": args.dtype,
+                "compute_dtype": dtype_name, "threads": threads,
+                "random_weights": args.checkpoint is None, **run,
+            }
+            with open(os.path.join(tmp, "summary.json"), "w") as fh:
+                json.dump(summary, fh, indent=1)
+
+    how = {None: "end of stream", "interrupt": "stopped by Ctrl-C"}.get(run["stopped_by"],
+                                                                      "stopped by an error")
+    speed = "" if run["mean_tracked_frame_ms"] is None else (
+        f"; tracked frames: {run['mean_tracked_frame_ms']:.1f} ms/frame in the tracker, "
+        f"{run['fps']:.2f} FPS overall (decode and writing included)")
+    print(f"{how} after {run['frames']} frame(s); prompt frame {run['prompt_ms']:.0f} ms{speed}")
+    if run["error"]:
+        print(f"error: {run['error']}", file=sys.stderr)
+    if args.checkpoint is None:
+        print("weights are random (no --checkpoint): the masks are meaningless, timings only")
+    print(f"wrote {run['frames']} masks and summary.json to {out_dir}")
+    return summary
+
+
+def _stream_loop(tracker, src, points, box, masks_dir: str) -> dict:
+    from edgetam import stream, video_io
+
+    clock = time.perf_counter
+    meter = None
+    frames, prompt_ms, stopped_by, error = 0, 0.0, None, None
+    try:
+        for frame in src:
+            t0 = clock()
+            if frames == 0:
+                try:
+                    result = tracker.add(frame, 1, **_prompt_kwargs(points, box))
+                except (ValueError, TypeError) as e:
+                    raise CliError(f"bad prompt: {e}") from e
+            else:
+                result = tracker.track(frame)
+            mask = (result.mask_logits[0, 0] > 0).cpu().numpy()  # waits for the device
+            step_s = clock() - t0
+            if frames == 0:
+                prompt_ms = step_s * 1e3
+                meter = stream.FpsMeter(clock)
+            else:
+                line = meter.add(step_s)
+                if line:
+                    print(line, file=sys.stderr, flush=True)
+            video_io.write_mask_png(os.path.join(masks_dir, f"{frames:05d}.png"), mask)
+            frames += 1
+    except KeyboardInterrupt:
+        stopped_by = "interrupt"
+    except (video_io.VideoReadError, ValueError) as e:
+        if frames == 0:  # nothing tracked: a plain error, nothing written
+            raise CliError(str(e)) from e
+        stopped_by, error = "error", str(e)
+    if frames == 0 and stopped_by is None:
+        raise CliError(f"no frames decoded from {src.description}")
+    tracked = meter.frames if meter is not None else 0
+    return {
+        "frames": frames, "stopped_by": stopped_by, "error": error,
+        "tracker_state_bytes": tracker.state_bytes(),  # fixed once the windows are full
+        "prompt_ms": round(prompt_ms, 2),
+        "mean_tracked_frame_ms": round(meter.mean_step_ms(), 2) if tracked else None,
+        "slowest_tracked_frame_ms": round(meter.slowest_ms, 2) if tracked else None,
+        "fps": round(meter.mean_fps(), 3) if tracked else 0.0,
+    }
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
@@ -254,7 +394,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     threads = torch.get_num_threads()
     try:
         if args.command == "track":
-            track(args)
+            from edgetam.stream import is_live
+
+            if args.stream or is_live(args.video):
+                if track_stream(args).get("error"):
+                    return 1
+            else:
+                track(args)
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -59,13 +59,22 @@ def preprocess_frame(frame, image_size: int, device=None) -> Tensor:
 
 
 class Frames:
-    """A video's frames, preprocessed on access (keeps memory at the size of the input)."""
+    """A video's frames, preprocessed on access (keeps memory at the size of the input).
 
-    def __init__(self, frames, image_size: int) -> None:
+    A path (mp4 or frame folder) is read as Meta's predictor reads it: each frame resized to
+    image_size x image_size on loading, as Meta's loader resizes it (video_io.read_model_frames),
+    so the same path gives Meta's masks. In-memory frames are resized when accessed (bilinear,
+    antialiased). `video_size=(height, width)` says the frames were already resized to the
+    model's input and gives the video's own size (for the output masks)."""
+
+    def __init__(self, frames, image_size: int, video_size: Optional[Tuple[int, int]] = None
+                 ) -> None:
         if isinstance(frames, (str, bytes)) or hasattr(frames, "__fspath__"):
-            from .video_io import read_frames
+            from .video_io import read_model_frames
 
-            frames = read_frames(frames)
+            if video_size is not None:
+                raise ValueError("video_size is read from the path; give it only with frames")
+            frames, video_size = read_model_frames(frames, image_size)
         if isinstance(frames, np.ndarray) or isinstance(frames, Tensor):
             if frames.ndim != 4:
                 raise ValueError(
@@ -79,6 +88,14 @@ class Frames:
         if len(shapes) != 1:
             raise ValueError(f"frames: all frames must have the same size, got {sorted(shapes)}")
         self.height, self.width = self.frames[0].shape[:2]
+        if video_size is not None:
+            if (self.height, self.width) != (image_size, image_size):
+                raise ValueError(f"frames: with video_size, frames must be already resized to "
+                                 f"{image_size}x{image_size}, got {self.height}x{self.width}")
+            h, w = video_size
+            if min(int(h), int(w)) < 1:
+                raise ValueError(f"video_size must be (height, width) >= 1, got {video_size}")
+            self.height, self.width = int(h), int(w)
         self.image_size = image_size
 
     def __len__(self) -> int:
