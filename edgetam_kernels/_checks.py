@@ -60,8 +60,25 @@ def grid(name: str, g: Sequence[int]) -> None:
         raise ValueError(f"{name} must be two non-negative ints (rows, cols), got {g!r}")
 
 
+def key_mask(mask, q: torch.Tensor, n_k: int) -> None:
+    """rope_attention's optional key-validity mask: bool (B or 1, Nk) on q's device."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"key_mask must be None or a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"key_mask must be a bool tensor (True = key may be attended), got {mask.dtype}")
+    if mask.dim() != 2:
+        raise ValueError(f"key_mask must have 2 dimensions (B or 1, Nk), got shape {tuple(mask.shape)}")
+    b = q.shape[0]
+    if mask.shape[0] not in (1, b) or mask.shape[1] != n_k:
+        raise ValueError(f"key_mask must have shape ({b} or 1, {n_k}), got {tuple(mask.shape)}")
+    if mask.device != q.device:
+        raise ValueError(f"key_mask is on device {mask.device} but q is on {q.device}")
+
+
 def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale,
-                   compute_dtype) -> None:
+                   compute_dtype, key_mask_=None) -> None:
     tensor("q", q, 4)
     tensor("k", k, 4)
     tensor("v", v, 4)
@@ -107,6 +124,7 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta,
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     compute_dtype_in(compute_dtype, FLOAT_DTYPES, TypeError)
+    key_mask(key_mask_, q, n_k)
 
 
 def heads(name: str, dim: int, n_heads: int) -> None:

@@ -182,12 +182,12 @@ def rope_attention_case(kind: str, device="cpu", dtype=torch.float32, grid: int 
     case = Case(f"rope_attention {kind} {n_q}x{n_k}x{d} {str(dtype)[6:]}", "rope_attention",
                 flops=4.0 * n_q * n_k * d, bytes=el * (2 * n_q * d + 2 * n_k * d))
     args = (q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"], kw["num_k_exclude_rope"],
-            10000.0, 1 / 16, None)
+            10000.0, 1 / 16, None, None)
     case.providers["reference"] = lambda: ops.rope_attention(q, k, v, backend="reference", **kw)
     case.providers.update(_backend_providers(
         "rope_attention", torch.device(device).type, args,
         lambda b: ops.rope_attention(q, k, v, backend=b, **kw)))
-    bf16_args = args[:-1] + (torch.bfloat16,)
+    bf16_args = args[:9] + (torch.bfloat16, None)
     if dtype == torch.float32 and "cpu" in case.providers and \
             _registry._can_run("cpu", "rope_attention", "cpu", bf16_args) is None:
         case.providers["cpu bf16 compute"] = lambda: ops.rope_attention(
@@ -353,7 +353,7 @@ def memory_attention_case(device="cpu", dtype=torch.float32, grid=64, frames=7,
     case.providers["meta module"] = lambda: run(None)
     case.providers["patched reference"] = lambda: run("reference")
     probe = (torch.empty(1, 1, 4, 256), torch.empty(1, 1, 4, 256), torch.empty(1, 1, 4, 256),
-             [2, 2], [2, 2], 1, 0, 1e4, 0.0625, None)
+             [2, 2], [2, 2], 1, 0, 1e4, 0.0625, None, None)
     for name in _registry.NAMES[1:]:
         if _registry._can_run(name, "rope_attention", torch.device(device).type, probe) is None:
             case.providers[f"patched {name}"] = lambda name=name: run(name)

@@ -48,7 +48,8 @@ def _register_reference_autograd(op, ref_fn, n_args: int) -> None:
     def backward(ctx, grad_out):
         saved = ctx.saved_tensors
         with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(t.requires_grad or t.is_floating_point())
+            # Non-floating tensors (rope_attention's bool key_mask) are inputs, not leaves.
+            leaves = [t.detach().requires_grad_() if t.is_floating_point() else t
                       for t in saved]
             args = []
             for entry in ctx.layout:
@@ -59,7 +60,12 @@ def _register_reference_autograd(op, ref_fn, n_args: int) -> None:
                 else:
                     args.append(entry[1])
             out = ref_fn(*args[:n_args])
-            grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+            diff = [i for i, t in enumerate(leaves) if t.requires_grad]
+            found = torch.autograd.grad(out, [leaves[i] for i in diff], grad_out,
+                                        allow_unused=True)
+            grads = [None] * len(leaves)
+            for i, g in zip(diff, found):
+                grads[i] = g
         result = []
         for entry in ctx.layout:
             if entry[0] == "t":
@@ -90,9 +96,11 @@ def _rope_attention_op(
     theta: float,
     scale: float,
     compute_dtype: Optional[torch.dtype],
+    key_mask: Optional[Tensor],
     backend: str,
 ) -> Tensor:
-    args = (q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale, compute_dtype)
+    args = (q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale, compute_dtype,
+            key_mask)
     _checks.rope_attention(*args)
     if q.numel() == 0 or v.shape[-1] == 0:  # nothing to compute; kernels never see empty work
         return q.new_empty((*q.shape[:3], v.shape[3]))
@@ -101,13 +109,14 @@ def _rope_attention_op(
 
 
 @_rope_attention_op.register_fake
-def _(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale, compute_dtype, backend):
+def _(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale, compute_dtype,
+      key_mask, backend):
     _checks.rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta, scale,
-                           compute_dtype)
+                           compute_dtype, key_mask)
     return q.new_empty((*q.shape[:3], v.shape[3]))
 
 
-_register_reference_autograd(_rope_attention_op, reference.rope_attention, 10)
+_register_reference_autograd(_rope_attention_op, reference.rope_attention, 11)
 
 
 def rope_attention(
@@ -122,6 +131,7 @@ def rope_attention(
     theta: float = 10000.0,
     scale: Optional[float] = None,
     compute_dtype: Optional[torch.dtype] = None,
+    key_mask: Optional[Tensor] = None,
     backend: str = "auto",
 ) -> Tensor:
     """Scaled dot-product attention with SAM 2 / EdgeTAM axial RoPE applied to q and k.
@@ -136,11 +146,19 @@ def rope_attention(
       num_k_exclude_rope=number of object-pointer tokens. SAM 2 self-attention: defaults.
     - scale: default 1/sqrt(D). compute_dtype: optional precision for the attention itself
       (e.g. torch.bfloat16 with fp32 inputs); the output has q's dtype.
+    - key_mask: optional bool tensor (B, Nk) or (1, Nk) on q's device, shared by all heads;
+      True = the key may be attended. Masked keys contribute exactly nothing: the result is
+      attention over the valid keys alone, each keeping the RoPE position of its index in the
+      full layout (a fixed-capacity memory bank's empty slots change no result). A batch row
+      with no valid key gives zeros, not NaN.
     - backend: "auto" (best available for the device; EDGETAM_KERNELS_BACKEND overrides),
       "reference", "cpu", "triton" or "metal" (raises if it cannot run these inputs).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.tensor(name, t)
+    if key_mask is not None and not isinstance(key_mask, Tensor):  # the dispatcher's message
+        raise TypeError(f"key_mask must be None or a bool torch.Tensor, got "  # would not say
+                        f"{type(key_mask).__name__}")
     squeeze = q.dim() == 3
     if squeeze:
         if k.dim() != 3 or v.dim() != 3:
@@ -173,7 +191,7 @@ def rope_attention(
     _registry.requested(backend)
     out = torch.ops.edgetam.rope_attention(
         q, k, v, q_grid, k_grid, int(k_repeat), int(num_k_exclude_rope), float(theta),
-        float(scale), compute_dtype, backend,
+        float(scale), compute_dtype, key_mask, backend,
     )
     return out.squeeze(1) if squeeze else out
 

@@ -81,13 +81,25 @@ def rotate_keys(
 
 
 def attention(q, k, v, scale: Optional[float] = None,
-              compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+              compute_dtype: Optional[torch.dtype] = None,
+              key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(q k^T * scale) v (SDPA; scale defaults to 1/sqrt(D)). With `compute_dtype`, q, k
-    and v are cast to it for the attention and the result is cast back to q's dtype."""
+    and v are cast to it for the attention and the result is cast back to q's dtype.
+
+    key_mask: optional bool (B or 1, Nk), True = the key takes part. Masked keys get weight 0;
+    a batch row with no valid key gives zeros (not the NaN of softmax over nothing)."""
     out_dtype = q.dtype
     if compute_dtype is not None:
         q, k, v = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if key_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale).to(out_dtype)
+    # A row with no valid key attends to all keys (finite, no NaN in forward or backward) and
+    # is then zeroed, so SDPA's numerics stay those of the unmasked path.
+    empty = ~key_mask.any(dim=-1, keepdim=True)  # (B or 1, 1)
+    attn_mask = (key_mask | empty)[:, None, None, :]  # (B or 1, 1, 1, Nk): heads and queries
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    out = torch.where(empty[:, :, None, None], torch.zeros((), dtype=out.dtype,
+                                                           device=out.device), out)
     return out.to(out_dtype)
 
 
@@ -102,6 +114,7 @@ def rope_attention(
     theta: float = 10000.0,
     scale: Optional[float] = None,
     compute_dtype: Optional[torch.dtype] = None,
+    key_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """softmax(rope(q) rope(k)^T * scale) v, over (B, H, N, D) tensors.
 
@@ -109,6 +122,11 @@ def rope_attention(
     computed in fp32 and cast back to the input dtype, as Meta's code does; `compute_dtype`
     optionally casts q, k, v to a (lower) precision for the attention itself, the output is
     returned in q's dtype.
+
+    key_mask: optional bool (B or 1, Nk), shared by all heads and queries; True = the key may
+    be attended. The result equals attention over the valid keys alone, each keeping the RoPE
+    position of its index in the full layout (masking shifts nothing); a batch row whose keys
+    are all masked gives zeros.
     """
     q_h, q_w = q_grid
     cos, sin = rope_cos_sin(q_h, q_w, q.shape[-1], theta, q.device)
@@ -116,7 +134,7 @@ def rope_attention(
     k = rotate_keys(k, k_grid, k_repeat, num_k_exclude_rope, theta)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return attention(q, k, v, scale, compute_dtype)
+    return attention(q, k, v, scale, compute_dtype, key_mask)
 
 
 # ---------------------------------------------------------------------------------------------

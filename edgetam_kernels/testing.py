@@ -92,3 +92,61 @@ def random_perceiver_weights(c=64, inner=64, hidden=256, depth=2, l1=256, l2=256
     lat1 = torch.randn(l1, c, **g) if l1 else None
     lat2 = torch.randn(l2, c, **g) if l2 else None
     return ws, lat1, lat2, tuple(ln())
+
+
+# ---------------------------------------------------------------------------------------------
+# rope_attention's key_mask: an independent oracle and the masks every backend is tested with
+# ---------------------------------------------------------------------------------------------
+
+
+def masked_rope_attention_oracle(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope, theta,
+                                 scale, key_mask) -> torch.Tensor:
+    """float64 attention over only the valid keys, concatenated: each batch row rotates its
+    keys in the full layout, keeps the True ones and runs a plain softmax over them; a row with
+    none gives zeros. Shares no masking code with the ops (reference.rotate_keys gives the
+    RoPE, itself checked against the textbook formula)."""
+    from . import reference
+
+    q, k, v = (t.detach().double() for t in (q, k, v))
+    cos, sin = reference.rope_cos_sin(q_grid[0], q_grid[1], q.shape[-1], theta, q.device)
+    q = reference.apply_rope(q, cos, sin)
+    k = reference.rotate_keys(k, k_grid, k_repeat, num_k_exclude_rope, theta)
+    mask = key_mask.expand(q.shape[0], -1)
+    out = q.new_zeros((*q.shape[:3], v.shape[-1]))
+    for b in range(q.shape[0]):
+        keep = mask[b].nonzero().flatten()
+        if keep.numel() == 0:
+            continue
+        kb, vb = k[b][:, keep], v[b][:, keep]
+        weights = torch.softmax(q[b] @ kb.transpose(-1, -2) * scale, dim=-1)
+        out[b] = weights @ vb
+    return out
+
+
+def key_mask_cases(batch: int, frames: int, frame_len: int, n_ptr: int, seed: int = 0,
+                   device="cpu"):
+    """(name, mask) pairs for keys laid out as `frames` frames of `frame_len` tokens then n_ptr
+    object-pointer tokens (EdgeTAM's cross-attention): a random mask; whole memory frames and
+    some pointer tokens removed, differently per batch row (a fixed-capacity bank with empty
+    slots); one batch row with no valid key; all True; a (1, Nk) mask broadcast over the
+    batch."""
+    g = torch.Generator().manual_seed(seed)
+    n_k = frames * frame_len + n_ptr
+    random = torch.rand(batch, n_k, generator=g) < 0.6
+    random[:, 0] = True  # at least one valid key per row
+    slots = torch.ones(batch, n_k, dtype=torch.bool)
+    for b in range(batch):
+        for f in range(frames):
+            if (f + b) % 3 == 1 or f >= frames - b:  # row b: its last b frames are empty slots
+                slots[b, f * frame_len:(f + 1) * frame_len] = False
+        ptr = slots[b, frames * frame_len:]
+        ptr[(torch.arange(n_ptr) + b) % 4 == 0] = False  # some objects' pointer tokens
+        if not slots[b].any():
+            slots[b, -1] = True
+    one_empty = random.clone()
+    one_empty[batch // 2] = False
+    broadcast = torch.rand(1, n_k, generator=g) < 0.5
+    broadcast[0, -1] = True
+    cases = [("random", random), ("frames_and_pointers", slots), ("row_all_masked", one_empty),
+             ("all_true", torch.ones(batch, n_k, dtype=torch.bool)), ("broadcast", broadcast)]
+    return [(name, m.to(device)) for name, m in cases]

@@ -66,7 +66,7 @@ def test_rope_attention_device_mismatch_names_argument():
     q, k, v, kw = rope_inputs()
     with pytest.raises(ValueError, match="k is on device meta"):
         torch.ops.edgetam.rope_attention(q, k.to("meta"), v, [4, 6], [2, 3], 2, 3, 1e4, 0.25,
-                                         None, "reference")
+                                         None, None, "reference")
 
 
 def test_rope_attention_non_contiguous_views_are_correct():

@@ -178,7 +178,7 @@ def test_unsupported_inputs():
 def test_opcheck():
     q, k, v, qg, kg, rep, n_ptr = make(1, 2, (4, 5), 32, 2, (2, 2), 3, 4)
     torch.library.opcheck(torch.ops.edgetam.rope_attention,
-                          (q, k, v, qg, kg, rep, n_ptr, 1e4, 32 ** -0.5, None, "cpu"))
+                          (q, k, v, qg, kg, rep, n_ptr, 1e4, 32 ** -0.5, None, None, "cpu"))
     torch.library.opcheck(torch.ops.edgetam_cpu.rope_attention,
                           (q, k, v, 4, 5, 2, 2, rep, n_ptr, 1e4, 32 ** -0.5, 0),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))

@@ -61,13 +61,13 @@ DTYPE_IDS = ["fp32", "fp16", "bf16"]
 def test_metal_mps_rope_attention(poison, name, kw, dtype):
     _dtype_or_skip(dtype)
     args = cases.rope_case(**kw, dtype=dtype)
-    out = torch.ops.edgetam.rope_attention(*_mps(args), "metal")
+    out = torch.ops.edgetam.rope_attention(*_mps(args), None, "metal")
     _check(out, args, reference.rope_attention, dtype, name)
 
 
 def test_metal_mps_rope_attention_compute_dtype(poison):
     args = cases.rope_case(**cases.ROPE[1][1], compute_dtype=torch.float16)
-    out = torch.ops.edgetam.rope_attention(*_mps(args), "metal")
+    out = torch.ops.edgetam.rope_attention(*_mps(args), None, "metal")
     exact = reference.rope_attention(*testing.to64(args[:9]), None)
     err = testing.assert_close(out.cpu(), exact, torch.float16, "compute_dtype=fp16")
     assert err > 1e-5, "compute_dtype was ignored"

@@ -145,7 +145,12 @@ def _op_cases():
     q, k, v, kw = rope_inputs()
     yield "rope_attention", torch.ops.edgetam.rope_attention, (
         q, k, v, list(kw["q_grid"]), list(kw["k_grid"]), kw["k_repeat"],
-        kw["num_k_exclude_rope"], 10000.0, 0.25, None, "reference")
+        kw["num_k_exclude_rope"], 10000.0, 0.25, None, None, "reference")
+    mask = torch.rand(q.shape[0], k.shape[2]) < 0.7
+    mask[0] = False  # a batch row with no valid key: zeros, finite gradients
+    yield "rope_attention key_mask", torch.ops.edgetam.rope_attention, (
+        q, k, v, list(kw["q_grid"]), list(kw["k_grid"]), kw["k_repeat"],
+        kw["num_k_exclude_rope"], 10000.0, 0.25, None, mask, "reference")
     lat, x = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
     p = perceiver_params(depth=1, self_attn=False)
     yield "perceiver_attention", torch.ops.edgetam.perceiver_attention, (
@@ -167,7 +172,7 @@ def test_opcheck(case):
 def test_opcheck_with_grad(case):
     _, op, args = case
     args = tuple(
-        a.clone().requires_grad_() if isinstance(a, torch.Tensor) else
+        a.clone().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else
         [t.clone().requires_grad_() for t in a] if isinstance(a, list) and a and isinstance(a[0], torch.Tensor)
         else a for a in args)
     torch.library.opcheck(op, args)

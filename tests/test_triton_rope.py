@@ -311,7 +311,7 @@ def test_fp32_precision_setting(monkeypatch):
 def test_opcheck():
     q, k, v, kw = make(1, 1, (4, 4), (2, 2), 2, 2, 2, 16)
     args = (q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"], kw["num_k_exclude_rope"],
-            10000.0, 0.25, None, "triton")
+            10000.0, 0.25, None, None, "triton")
     torch.library.opcheck(torch.ops.edgetam.rope_attention.default, args,
                           test_utils=("test_schema", "test_faketensor",
                                       "test_aot_dispatch_dynamic"))

@@ -108,7 +108,9 @@ if _ops is not None and os.environ.get(ENV_ISA, "").strip() not in ("", "auto"):
 
 
 def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, theta=10000.0,
-                   scale=None, compute_dtype=None):
+                   scale=None, compute_dtype=None, key_mask=None):
+    if key_mask is not None:  # supports() keeps masked calls away; never ignore a mask
+        raise NotImplementedError("the cpu rope_attention kernel does not take key_mask yet")
     if scale is None:
         scale = q.shape[-1] ** -0.5
     compute = _COMPUTE[compute_dtype if compute_dtype is not None else q.dtype]
@@ -162,6 +164,8 @@ def supports(op: str, args: tuple) -> Optional[str]:
         cd = args[9]
         if cd is not None and cd not in _COMPUTE:
             return f"compute_dtype {cd} is not supported (float32, bfloat16, float16)"
+        if len(args) > 10 and args[10] is not None:
+            return "key_mask is not implemented by the cpu kernel yet"
     return None
 
 

@@ -123,6 +123,8 @@ def supports(op: str, args: tuple, has_bfloat: bool) -> Optional[str]:
             return "compute_dtype float64 is not supported on Apple GPUs"
         if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
             return f"head dims above {MAX_HEAD_DIM} are not supported"
+        if len(args) > 10 and args[10] is not None:
+            return "key_mask is not implemented by the metal kernel yet"
     elif op == "perceiver_attention":
         w_q, heads = args[7], args[10]
         if w_q.shape[0] // heads > MAX_HEAD_DIM:
@@ -146,7 +148,9 @@ def supports(op: str, args: tuple, has_bfloat: bool) -> Optional[str]:
 
 
 def rope_attention(lib, q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, theta=10000.0,
-                   scale=None, compute_dtype=None):
+                   scale=None, compute_dtype=None, key_mask=None):
+    if key_mask is not None:  # supports() keeps masked calls away; never ignore a mask
+        raise NotImplementedError("the metal rope_attention kernel does not take key_mask yet")
     dtype = q.dtype
     q, k, v = _buf(q, dtype), _buf(k, dtype), _buf(v, dtype)
     b, h, n_q, d = q.shape

@@ -458,10 +458,12 @@ def _tune(run, configs) -> Optional[dict]:
 
 
 def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, theta=10000.0,
-                   scale=None, compute_dtype=None, *, config: Optional[dict] = None,
-                   out: Optional[torch.Tensor] = None):
+                   scale=None, compute_dtype=None, key_mask=None, *,
+                   config: Optional[dict] = None, out: Optional[torch.Tensor] = None):
     """Same signature and result as reference.rope_attention. Keyword-only extras for tests
     and benchmarks: `config` (tiles / splits, else tuned or heuristic), `out` (preallocated)."""
+    if key_mask is not None:  # supports() keeps masked calls away; never ignore a mask
+        raise NotImplementedError("the triton rope_attention kernel does not take key_mask yet")
     b, h, n_q, d = q.shape
     n_k, dv = k.shape[2], v.shape[3]
     cdt = compute_dtype if compute_dtype is not None else q.dtype
