@@ -25,6 +25,8 @@ using executorch::extension::module::Module;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
 
+extern "C" const char* edgetam_executorch_isa();  // libedgetam_executorch
+
 namespace {
 
 int fail(const std::string& msg) {
@@ -91,6 +93,7 @@ int main(int argc, char** argv) {
     if (!outs[j]) return fail("cannot write " + path);
   }
 
+  std::printf("edgetam kernels: %s path\n", edgetam_executorch_isa());
   double total_ms = 0, first_ms = 0;
   for (long t = 0; t < steps; ++t) {
     std::vector<EValue> args;
