@@ -187,7 +187,7 @@ class RoPEAttention(nn.Module):
         self._derived: dict = {}  # weights derived from ours (folded value projection), cached
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, q_grid, k_grid=None, k_repeat=None,
-                num_k_exclude_rope: int = 0) -> Tensor:
+                num_k_exclude_rope: int = 0, key_mask: Optional[Tensor] = None) -> Tensor:
         """The library's `attend` (shared with patched Meta / HF models): projections, the
         rope_attention op, output projection; the cross-attention's 64-dim values are folded
         into the output projection (`folds_value`). compute_dtype (set by patch()) runs the
@@ -198,7 +198,7 @@ class RoPEAttention(nn.Module):
         rope = Rope(tuple(q_grid), k_grid, k_repeat, num_k_exclude_rope, self.theta)
         p = Projections.of(self.q_proj, self.k_proj, self.v_proj, self.out_proj, self.num_heads)
         options = dict(backend=self.backend, compute_dtype=getattr(self, "compute_dtype", None))
-        return attend(q, k, v, p, rope, options, self._derived)
+        return attend(q, k, v, p, rope, options, self._derived, key_mask=key_mask)
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -213,13 +213,14 @@ class MemoryAttentionLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
 
     def forward(self, x: Tensor, memory: Tensor, memory_pos: Tensor, grid, num_spatial_mem: int,
-                num_obj_ptr_tokens: int, k_grid) -> Tensor:
+                num_obj_ptr_tokens: int, k_grid, key_mask: Optional[Tensor] = None) -> Tensor:
         h = self.norm1(x)
         x = x + self.self_attn(h, h, h, q_grid=grid)
         h = self.norm2(x)
         x = x + self.cross_attn_image(h, memory + memory_pos, memory, q_grid=grid, k_grid=k_grid,
                                       k_repeat=num_spatial_mem,
-                                      num_k_exclude_rope=num_obj_ptr_tokens)
+                                      num_k_exclude_rope=num_obj_ptr_tokens,
+                                      key_mask=key_mask)
         h = self.norm3(x)
         return x + self.linear2(F.relu(self.linear1(h)))
 
@@ -229,7 +230,9 @@ class MemoryAttention(nn.Module):
 
     Memory = `num_spatial_mem` frames of perceiver latents (256 global, unrotated, then 256
     patch latents rotated on a 16x16 grid) followed by `num_obj_ptr_tokens` object-pointer
-    tokens (never rotated). Queries are rotated on the (H, W) feature grid.
+    tokens (never rotated). Queries are rotated on the (H, W) feature grid. key_mask (B, Nm)
+    bool, optional: memory tokens that take part (a fixed-capacity bank's empty slots are False
+    and change nothing).
     """
 
     def __init__(self, d_model: int = 256, kv_dim: int = 64, num_layers: int = 2,
@@ -240,11 +243,12 @@ class MemoryAttention(nn.Module):
         self.k_grid = tuple(k_grid)
 
     def forward(self, curr: Tensor, curr_pos: Tensor, memory: Tensor, memory_pos: Tensor,
-                grid: Tuple[int, int], num_spatial_mem: int, num_obj_ptr_tokens: int) -> Tensor:
+                grid: Tuple[int, int], num_spatial_mem: int, num_obj_ptr_tokens: int,
+                key_mask: Optional[Tensor] = None) -> Tensor:
         x = curr + 0.1 * curr_pos
         for layer in self.layers:
             x = layer(x, memory, memory_pos, grid, num_spatial_mem, num_obj_ptr_tokens,
-                      self.k_grid)
+                      self.k_grid, key_mask)
         return self.norm(x)
 
     def set_backend(self, backend: str) -> None:

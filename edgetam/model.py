@@ -221,12 +221,14 @@ class EdgeTAM(nn.Module):
         return memory, torch.cat(poses, dim=1), num_spatial, num_ptr_tokens
 
     def condition_on_memory(self, feat: Tensor, pos: Tensor, memory: Tensor, memory_pos: Tensor,
-                            num_spatial_mem: int, num_ptr_tokens: int) -> Tensor:
-        """(B, HW, C) features -> memory-conditioned (B, C, H, W)."""
+                            num_spatial_mem: int, num_ptr_tokens: int,
+                            key_mask: Optional[Tensor] = None) -> Tensor:
+        """(B, HW, C) features -> memory-conditioned (B, C, H, W). key_mask (B, N) bool: which
+        memory tokens take part (None: all)."""
         b, n, c = feat.shape
         s = self.feat_size
         out = self.memory_attention(feat, pos, memory, memory_pos, (s, s), num_spatial_mem,
-                                    num_ptr_tokens)
+                                    num_ptr_tokens, key_mask)
         return out.transpose(1, 2).reshape(b, c, s, s)
 
     def encode_memory(self, pix_feat: Tensor, high_res_masks: Tensor, is_mask_from_pts: bool):

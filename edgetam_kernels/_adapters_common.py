@@ -191,7 +191,8 @@ def folds_value(p: Projections, value_dim: int) -> bool:
 
 
 def attend(q_in: Tensor, k_in: Tensor, v_in: Tensor, p: Projections, rope: Rope,
-           options: dict, cache: Optional[dict] = None) -> Tensor:
+           options: dict, cache: Optional[dict] = None,
+           key_mask: Optional[Tensor] = None) -> Tensor:
     """out_proj(rope_attention(q_proj(q_in), k_proj(k_in), v_proj(v_in))), (B, N, C) in/out.
 
     When q_in, k_in and v_in are the same tensor (memory attention's self-attention), the three
@@ -199,7 +200,8 @@ def attend(q_in: Tensor, k_in: Tensor, v_in: Tensor, p: Projections, rope: Rope,
     values narrower than the attention, the value projection is folded into the output
     projection (`folds_value`); the folded weights are kept in `cache` (see `cached`).
     options["compute_dtype"] (e.g. torch.bfloat16) runs the projections and the attention in
-    that dtype; the result comes back in q_in's dtype.
+    that dtype; the result comes back in q_in's dtype. key_mask: rope_attention's (B or 1, Nk)
+    bool key validity (None: every key), passed through only when given.
     """
     out_dtype, cd = q_in.dtype, options.get("compute_dtype")
     fold = folds_value(p, v_in.shape[-1])
@@ -236,6 +238,7 @@ def attend(q_in: Tensor, k_in: Tensor, v_in: Tensor, p: Projections, rope: Rope,
         q, k, v, q_grid=rope.q_grid, k_grid=rope.k_grid, k_repeat=rope.k_repeat,
         num_k_exclude_rope=rope.num_k_exclude_rope, theta=rope.theta,
         compute_dtype=cd, backend=options["backend"],
+        **({} if key_mask is None else {"key_mask": key_mask}),
     )
     b, h, n, d = out.shape
     out = out.transpose(1, 2).reshape(b, n, h * d)

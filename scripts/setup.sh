@@ -27,6 +27,8 @@ $PY -m pip install -q triton==3.7.1 numpy tqdm ninja pytest pytest-benchmark exp
 # --no-deps keeps pip from replacing the CPU torch with a CUDA build.
 $PY -m pip install -q --no-deps torchvision==0.28.0 edgetam-dimos==1.0.1 timm==1.0.31
 $PY -m pip install -q hydra-core iopath pillow av pyyaml safetensors huggingface_hub "transformers>=5,<6" matplotlib
+# OpenCV: Meta's predictor silently skips hole filling without it (tests compare with Meta).
+$PY -m pip install -q opencv-python-headless
 # The package itself (builds the C++ CPU extension when a compiler is present).
 $PY -m pip install -q --no-build-isolation -e .
 $PY -m edgetam_kernels info
