@@ -19,7 +19,10 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
+
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class CliError(Exception):
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="box around the object on frame 0, in pixels")
     t.add_argument("--checkpoint", help="Meta's edgetam.pt; without it the weights are random")
     t.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    t.add_argument("--image-size", type=int, default=1024, choices=(512, 768, 1024),
+    t.add_argument("--image-size", type=int, default=1024, choices=(256, 512, 768, 1024),
                    help="model input size (1024 is EdgeTAM's own; 512 is ~4x faster)")
     t.add_argument("--frames", type=int, default=None,
                    help="process at most N frames (synthetic clip: its length, default 8)")
@@ -65,7 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "oversubscribed threads slow every step down many times over")
     t.add_argument("--seed", type=int, default=0, help="seed for random weights")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--pte", help="track with this ExecuTorch program of the step (from "
+                   "`python -m edgetam export --pte`; same --checkpoint, --image-size, --dtype) "
+                   "instead of eager PyTorch")
+    t.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="model dtype (with --pte: the dtype the .pte was exported in)")
+    e = sub.add_parser("export", help="export the tracking step as an ExecuTorch program (.pte)")
+    e.add_argument("--pte", required=True, help="output .pte file (written atomically)")
+    e.add_argument("--checkpoint", help="Meta's edgetam.pt; without it the weights are random")
+    e.add_argument("--image-size", type=int, default=1024, choices=(256, 512, 768, 1024),
+                   help="model input size the program is fixed to")
+    e.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype")
+    e.add_argument("--objects", type=int, default=1,
+                   help="number of objects the program tracks at once (its state's rows)")
+    e.add_argument("--seed", type=int, default=0, help="seed for random weights")
     return p
+
 
 
 def _check_out_dir(out: str) -> str:
@@ -111,11 +129,127 @@ def _choose_threads(spec: str) -> int:
     return max(1, min(default, idle))
 
 
-def track(args) -> dict:
-    import numpy as np
+def _load_model(args, patch: bool = True):
+    """The model for `track` and `export`: the same seed gives the same random weights, so a
+    .pte exported without --checkpoint matches `track --pte` without one."""
     import torch
 
     import edgetam
+
+    torch.manual_seed(args.seed)
+    if args.checkpoint is None:
+        print("NOTE: no --checkpoint given: the weights are RANDOM, so the masks are meaningless; "
+              "the timings are real.", file=sys.stderr)
+    device = getattr(args, "device", "cpu")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model = edgetam.load(args.checkpoint, image_size=args.image_size, device=device,
+                                 backend=getattr(args, "backend", "auto"), fuse=True)
+    except edgetam.CheckpointError as e:
+        raise CliError(str(e)) from e
+    if args.checkpoint is None:
+        # random weights predict "no object": bias the object score so masks flow into memory
+        with torch.no_grad():
+            model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
+    if patch and getattr(args, "pte", None) is None:
+        # the fused model's encoder on the library's fast paths too (on CPU: channels-last convs,
+        # the MLPs' GELU and residual fused into oneDNN convolutions; docs/patch.md)
+        import edgetam_kernels
+
+        edgetam_kernels.patch(model, backend=args.backend)
+    return model.to(dtype=getattr(torch, args.dtype))
+
+
+def _track_eager(model, frames, points, args):
+    """VideoPredictor over the clip: (masks, per-frame ms, prompt ms)."""
+    import edgetam
+
+    predictor = edgetam.VideoPredictor(model)
+    state = predictor.init_state(frames)
+    t0 = time.perf_counter()
+    try:
+        predictor.add_new_points_or_box(
+            state, 0, 1, points=None if points is None else [list(p) for p in points],
+            labels=None if points is None else [1] * len(points),
+            box=None if args.box is None else list(args.box))
+    except (ValueError, TypeError) as e:
+        raise CliError(f"bad prompt: {e}") from e
+    prompt_ms = (time.perf_counter() - t0) * 1e3
+
+    masks = [None] * len(frames)
+    times = []
+    bar = _progress(predictor.propagate_in_video(state), len(frames), not args.no_progress)
+    t_prev = time.perf_counter()
+    for frame_idx, _, logits in bar:
+        now = time.perf_counter()
+        times.append((now - t_prev) * 1e3)
+        masks[frame_idx] = (logits[0, 0] > 0).cpu().numpy()
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{times[-1]:.0f} ms/frame")
+        t_prev = time.perf_counter()
+    return masks, times, prompt_ms
+
+
+def _track_pte(model, frames, points, args):
+    """Frame 0 prompted eagerly, every later frame through the .pte (edgetam.pte.PteTracker)."""
+    from edgetam import pte
+    from edgetam_kernels.executorch import ExecuTorchUnavailable
+
+    try:
+        tracker = pte.PteTracker(model, args.pte, num_objects=1)
+    except (pte.PteError, ExecuTorchUnavailable) as e:
+        raise CliError(str(e)) from e
+    t0 = time.perf_counter()
+    try:
+        res = tracker.add(frames[0], 1, points=None if points is None else [list(p) for p in points],
+                          labels=None if points is None else [1] * len(points),
+                          box=None if args.box is None else list(args.box))
+    except (ValueError, TypeError) as e:
+        raise CliError(f"bad prompt: {e}") from e
+    prompt_ms = (time.perf_counter() - t0) * 1e3
+    masks = [(res.mask_logits[0, 0] > 0).cpu().numpy()]
+    times = [prompt_ms]
+    bar = _progress(frames[1:], len(frames) - 1, not args.no_progress)
+    for f in bar:
+        t = time.perf_counter()
+        res = tracker.track(f)
+        times.append((time.perf_counter() - t) * 1e3)
+        masks.append((res.mask_logits[0, 0] > 0).cpu().numpy())
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{times[-1]:.0f} ms/frame")
+    return masks, times, prompt_ms
+
+
+def export(args) -> dict:
+    """`python -m edgetam export --pte FILE`: the tracking step as an ExecuTorch program."""
+    from edgetam import pte
+
+    if args.objects < 1:
+        raise CliError(f"--objects must be >= 1, got {args.objects}")
+    out = os.path.abspath(args.pte)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise CliError(f"the folder of --pte does not exist: {os.path.dirname(out)}")
+    if os.path.isdir(out):
+        raise CliError(f"--pte {out} is a folder; give a file name")
+    model = _load_model(args, patch=False)
+    t0 = time.perf_counter()
+    print(f"edgetam: exporting the tracking step ({args.objects} object(s), image size "
+          f"{args.image_size}, {args.dtype}); lowering takes minutes", file=sys.stderr)
+    try:
+        info = pte.export_step(model, out, num_objects=args.objects)
+    except pte.PteError as e:
+        raise CliError(str(e)) from e
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"wrote {out}: {info['bytes'] / 1e6:.1f} MB, fused ops kept: "
+          f"{', '.join(info['fused_ops'])}; {info['xnnpack_partitions']} XNNPACK partitions; "
+          f"{info['seconds']} s")
+    return info
+
+
+def track(args) -> dict:
+    import torch
+
     from edgetam import video_io
 
     out_dir = _check_out_dir(args.out)
@@ -140,52 +274,16 @@ def track(args) -> dict:
     # model
     threads = _choose_threads(str(args.threads))
     torch.set_num_threads(threads)
-    torch.manual_seed(args.seed)
-    if args.checkpoint is None:
-        print("NOTE: no --checkpoint given: the weights are RANDOM, so the masks are meaningless; "
-              "the timings are real.", file=sys.stderr)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            model = edgetam.load(args.checkpoint, image_size=args.image_size, device=args.device,
-                                 backend=args.backend, fuse=True)
-    except edgetam.CheckpointError as e:
-        raise CliError(str(e)) from e
-    # the fused model's encoder on the library's fast paths too (on CPU: channels-last convs,
-    # the MLPs' GELU and residual fused into oneDNN convolutions; docs/patch.md)
-    import edgetam_kernels
-
-    edgetam_kernels.patch(model, backend=args.backend)
-    if args.checkpoint is None:
-        # random weights predict "no object": bias the object score so masks flow into memory
-        with torch.no_grad():
-            model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
-    predictor = edgetam.VideoPredictor(model)
+    if args.pte is not None and args.device != "cpu":
+        raise CliError(f"--pte runs on the CPU (ExecuTorch); got --device {args.device}")
+    if args.pte is None and args.dtype != "float32":
+        raise CliError("--dtype applies to --pte; eager tracking runs float32")
+    model = _load_model(args)
+    engine = f"ExecuTorch program {args.pte}" if args.pte else f"backend {args.backend}"
     print(f"edgetam: {source}, image size {args.image_size}, device {args.device}, "
-          f"backend {args.backend}, {threads} CPU thread(s)", file=sys.stderr)
-
-    state = predictor.init_state(frames)
-    t0 = time.perf_counter()
-    try:
-        predictor.add_new_points_or_box(
-            state, 0, 1, points=None if points is None else [list(p) for p in points],
-            labels=None if points is None else [1] * len(points),
-            box=None if args.box is None else list(args.box))
-    except (ValueError, TypeError) as e:
-        raise CliError(f"bad prompt: {e}") from e
-    prompt_ms = (time.perf_counter() - t0) * 1e3
-
-    masks: List[np.ndarray] = [None] * len(frames)
-    times: List[float] = []
-    bar = _progress(predictor.propagate_in_video(state), len(frames), not args.no_progress)
-    t_prev = time.perf_counter()
-    for frame_idx, _, logits in bar:
-        now = time.perf_counter()
-        times.append((now - t_prev) * 1e3)
-        masks[frame_idx] = (logits[0, 0] > 0).cpu().numpy()
-        if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(f"{times[-1]:.0f} ms/frame")
-        t_prev = time.perf_counter()
+          f"{engine}, {threads} CPU thread(s)", file=sys.stderr)
+    run = _track_pte if args.pte else _track_eager
+    masks, times, prompt_ms = run(model, frames, points, args)
 
     # frame 0 comes from the prompt step (plus its memory encoding at the first yield);
     # tracked frames are the ones that run the full step: encoder, memory attention, decoder.
@@ -193,7 +291,8 @@ def track(args) -> dict:
     per_frame = sum(tracked) / len(tracked)
     summary = {
         "source": source, "image_size": args.image_size, "device": args.device,
-        "backend": args.backend, "threads": threads, "random_weights": args.checkpoint is None,
+        "backend": args.backend, "pte": args.pte, "dtype": args.dtype, "threads": threads,
+        "random_weights": args.checkpoint is None,
         "frames": len(frames), "prompt_ms": round(prompt_ms, 2),
         "frame_ms": [round(t, 2) for t in times], "mean_tracked_frame_ms": round(per_frame, 2),
         "fps": round(1e3 / per_frame, 3),
@@ -235,6 +334,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "track":
             track(args)
+        elif args.command == "export":
+            export(args)
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
