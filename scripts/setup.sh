@@ -29,6 +29,9 @@ $PY -m pip install -q --no-deps torchvision==0.28.0 edgetam-dimos==1.0.1 timm==1
 $PY -m pip install -q hydra-core iopath pillow av pyyaml safetensors huggingface_hub "transformers>=5,<6" matplotlib
 # OpenCV: Meta's predictor silently skips hole filling without it (tests compare with Meta).
 $PY -m pip install -q opencv-python-headless
+# ExecuTorch (the .pte path, docs/phones.md): 1.5.1 is built against torch 2.13.0 and does not
+# list torch, so it never replaces the pinned CPU torch; cmake >= 3.28 builds our kernel library.
+$PY -m pip install -q executorch==1.5.1 "cmake>=3.28"
 # The package itself (builds the C++ CPU extension when a compiler is present).
 $PY -m pip install -q --no-build-isolation -e .
 $PY -m edgetam_kernels info
