@@ -52,6 +52,14 @@ struct RopeAttnArgs {
   const float* k_col_tab;      // [k_w][2][D/2]
   const float* k_row_tab;      // [k_h][2][D/2]
   float scale;
+  // Optional key validity, one byte per key (nonzero = may be attended), shared by heads and
+  // queries: key_mask[b * key_mask_bstride + key] (bstride 0: one mask for the batch). Null:
+  // every key. Masked keys get probability exactly 0 (their values must be finite); a batch
+  // row with no valid key gives zeros. The kernels need scale > 0 with a mask (masked scores are
+  // set to -inf before scaling); the dispatcher runs scale < 0 as -q with -scale and scale 0
+  // (every score 0) as zero queries with scale 1.
+  const uint8_t* key_mask;
+  int64_t key_mask_bstride;
 };
 
 // EdgeTAM's 2D spatial perceiver, fp32, for one call over the batch (see reference.py).

@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -229,6 +230,20 @@ void rope_attention(RopeAttnArgs a, int64_t q_h, int64_t k_h, double theta, cons
     a.k_nrope = 0;
     a.k_frame = 1;
     a.k_nrot = 0;
+  }
+  // With a mask the kernels set masked scores to -inf before scaling, so they need scale > 0:
+  // q k * s = (-q) k * (-s) (RoPE is linear; negation flips the sign bit exactly in every
+  // dtype), and scale 0 makes every score 0 whatever q, so zero queries with scale 1.
+  std::vector<uint8_t> q_flipped;
+  if (a.key_mask && !(a.scale > 0.0f)) {
+    const int64_t esize = a.dtype == kF32 ? 4 : 2, n = a.B * a.H * a.Nq * a.D;
+    q_flipped.assign(size_t(n * esize), 0);
+    if (a.scale < 0.0f) {
+      std::memcpy(q_flipped.data(), a.q, q_flipped.size());
+      for (int64_t i = 0; i < n; ++i) q_flipped[size_t(i * esize + esize - 1)] ^= 0x80;
+    }
+    a.q = q_flipped.data();
+    a.scale = a.scale < 0.0f ? -a.scale : 1.0f;
   }
   table(current_isa()).rope_attention(a, par);
 }

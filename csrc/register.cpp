@@ -65,7 +65,7 @@ void check_input(const Tensor& t, const char* name, int64_t dim, int dtype) {
 
 Tensor rope_attention(Tensor q, Tensor k, Tensor v, int64_t q_h, int64_t q_w, int64_t k_h,
                       int64_t k_w, int64_t k_repeat, int64_t num_k_exclude_rope, double theta,
-                      double scale, int64_t compute) {
+                      double scale, int64_t compute, std::optional<Tensor> key_mask) {
   const int dt = dtype_code(q, "q");
   check_input(q, "q", 4, dt);
   check_input(k, "k", 4, dt);
@@ -89,6 +89,17 @@ Tensor rope_attention(Tensor q, Tensor k, Tensor v, int64_t q_h, int64_t q_w, in
   if (n_rope > 0) {
     STD_TORCH_CHECK(k_repeat >= 1 && n_rope % k_repeat == 0, "bad k_repeat");
     STD_TORCH_CHECK(k_w > 0 && k_h > 0 && k_h * k_w <= n_rope / k_repeat, "bad k grid");
+  }
+  if (key_mask.has_value()) {
+    const Tensor& m = *key_mask;
+    STD_TORCH_CHECK(m.is_cpu() && m.is_contiguous() && m.dim() == 2,
+                    "key_mask must be a contiguous 2-D CPU tensor");
+    STD_TORCH_CHECK(m.scalar_type() == ScalarType::Bool,
+                    "key_mask must be a bool tensor");
+    STD_TORCH_CHECK((m.size(0) == 1 || m.size(0) == a.B) && m.size(1) == a.Nk,
+                    "key_mask must have shape (B or 1, Nk)");
+    a.key_mask = static_cast<const uint8_t*>(m.data_ptr());
+    a.key_mask_bstride = m.size(0) == 1 ? 0 : a.Nk;
   }
   Tensor out = torch::stable::new_empty(q, {a.B, a.H, a.Nq, a.Dv});
   a.q = q.data_ptr();
@@ -243,7 +254,8 @@ bool set_isa(int64_t isa) { return edgetam_cpu::set_isa(int(isa)); }
 
 STABLE_TORCH_LIBRARY(edgetam_cpu, m) {
   m.def("rope_attention(Tensor q, Tensor k, Tensor v, int q_h, int q_w, int k_h, int k_w, "
-        "int k_repeat, int num_k_exclude_rope, float theta, float scale, int compute) -> Tensor");
+        "int k_repeat, int num_k_exclude_rope, float theta, float scale, int compute, "
+        "Tensor? key_mask=None) -> Tensor");
   m.def("spatial_perceiver(Tensor x, Tensor? pos, Tensor? latents_1d, Tensor? latents_2d, "
         "Tensor[] weights, Tensor norm_w, Tensor norm_b, int depth, int heads, bool use_self_attn, "
         "float eps, int compute) -> Tensor");

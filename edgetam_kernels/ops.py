@@ -9,7 +9,8 @@ One path from the API to a kernel:
            -> kernel(...)                          reference.py, cpu/, triton/ or metal/
 
 Each op has a fake (meta) implementation for tracing and an autograd formula that recomputes
-the reference in backward, so gradients are exact whichever kernel ran forward.
+the reference in backward, so gradients are exact whichever kernel ran forward, and an `.out`
+overload with the same arguments plus `*, Tensor(a!) out` for ExecuTorch (_out_variants.py).
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ def rope_attention(
       True = the key may be attended. Masked keys contribute exactly nothing: the result is
       attention over the valid keys alone, each keeping the RoPE position of its index in the
       full layout (a fixed-capacity memory bank's empty slots change no result). A batch row
-      with no valid key gives zeros, not NaN.
+      with no valid key gives zeros, not NaN. Masked keys may hold any finite values (zeros,
+      stale memory); NaN or inf there is not guaranteed to be ignored (0 * NaN).
     - backend: "auto" (best available for the device; EDGETAM_KERNELS_BACKEND overrides),
       "reference", "cpu", "triton" or "metal" (raises if it cannot run these inputs).
     """
@@ -189,7 +191,7 @@ def rope_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
     _registry.requested(backend)
-    out = torch.ops.edgetam.rope_attention(
+    out = torch.ops.edgetam.rope_attention.default(
         q, k, v, q_grid, k_grid, int(k_repeat), int(num_k_exclude_rope), float(theta),
         float(scale), compute_dtype, key_mask, backend,
     )
@@ -262,7 +264,7 @@ def perceiver_attention(
     _checks.tensor("latents", latents)
     _checks.tensor("x", x)
     _registry.requested(backend)
-    return torch.ops.edgetam.perceiver_attention(
+    return torch.ops.edgetam.perceiver_attention.default(
         latents, x, pos, ln_latents_w, ln_latents_b, ln_x_w, ln_x_b, w_q, w_kv, w_out,
         int(heads), float(eps), backend,
     )
@@ -350,7 +352,7 @@ def spatial_perceiver(
         if not isinstance(t, Tensor):
             _checks.tensor(f"weights[{i}]", t)
     _registry.requested(backend)
-    return torch.ops.edgetam.spatial_perceiver(
+    return torch.ops.edgetam.spatial_perceiver.default(
         x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, int(depth), int(heads),
         bool(use_self_attn), float(eps), compute_dtype, backend,
     )
@@ -405,3 +407,6 @@ def _register_autocast() -> None:
 
 
 _register_autocast()
+
+# The ops' `.out` overloads (ExecuTorch runs those); defined once the functional ops exist.
+from . import _out_variants  # noqa: E402,F401

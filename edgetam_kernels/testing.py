@@ -150,3 +150,44 @@ def key_mask_cases(batch: int, frames: int, frame_len: int, n_ptr: int, seed: in
     cases = [("random", random), ("frames_and_pointers", slots), ("row_all_masked", one_empty),
              ("all_true", torch.ones(batch, n_k, dtype=torch.bool)), ("broadcast", broadcast)]
     return [(name, m.to(device)) for name, m in cases]
+
+
+def masked_cross_attention_inputs(batch=3, heads=2, q_grid=(4, 6), frames=3, lead=4,
+                                  k_grid=(4, 4), n_ptr=8, d=32, dv=24, dtype=torch.float32,
+                                  device="cpu", seed=0):
+    """EdgeTAM's memory cross-attention layout scaled down (k_grid (16, 16) -> (4, 4)): `frames`
+    memory frames of `lead` unrotated global latents then k_grid rotated patch latents, then
+    n_ptr object-pointer tokens. Returns q, k, v (B, H, N, D) and the rope keyword arguments."""
+    g = torch.Generator().manual_seed(seed)
+    n_k = frames * (lead + k_grid[0] * k_grid[1]) + n_ptr
+    q = torch.randn(batch, heads, q_grid[0] * q_grid[1], d, generator=g)
+    k = torch.randn(batch, heads, n_k, d, generator=g)
+    v = torch.randn(batch, heads, n_k, dv, generator=g)
+    q, k, v = (t.to(dtype=dtype, device=device) for t in (q, k, v))
+    return q, k, v, dict(q_grid=list(q_grid), k_grid=list(k_grid), k_repeat=frames,
+                         num_k_exclude_rope=n_ptr)
+
+
+def check_key_mask(run, dtype=torch.float32, compute_dtype=None, device="cpu", **shape):
+    """A backend's masked rope_attention against the valid-keys-only oracle on every mask of
+    key_mask_cases. `run(q, k, v, kw, key_mask)` calls the backend (key_mask may be None).
+    Also: rows whose keys are all masked are exactly zero; all True equals no mask; and the
+    same comparison fails for the unmasked result (a kernel that ignored the mask)."""
+    q, k, v, kw = masked_cross_attention_inputs(dtype=dtype, device=device, **shape)
+    lead = shape.get("lead", 4)
+    frame_len = lead + kw["k_grid"][0] * kw["k_grid"][1]
+    tol = TOLERANCE[compute_dtype or dtype]
+    plain = run(q, k, v, kw, None)
+    for name, mask in key_mask_cases(q.shape[0], kw["k_repeat"], frame_len,
+                                     kw["num_k_exclude_rope"], device=device):
+        out = run(q, k, v, kw, mask)
+        exact = masked_rope_attention_oracle(q, k, v, kw["q_grid"], kw["k_grid"],
+                                             kw["k_repeat"], kw["num_k_exclude_rope"], 10000.0,
+                                             q.shape[-1] ** -0.5, mask)
+        assert_close(out, exact, compute_dtype or dtype, f"key_mask {name}")
+        empty = ~mask.expand(q.shape[0], -1).any(dim=1)
+        assert torch.equal(out[empty].cpu(), torch.zeros_like(out[empty]).cpu()), name
+        if bool(mask.all()):
+            assert_close(out, plain, compute_dtype or dtype, "all True vs no mask", tol)
+        else:
+            assert rel_l2(plain, exact) > 20 * tol, f"{name}: the mask would not be noticed"

@@ -13,7 +13,8 @@ import torch
 
 import edgetam_kernels as ek
 from edgetam_kernels import _registry, cpu, reference
-from edgetam_kernels.testing import TOLERANCE, assert_close, rel_l2, to64
+from edgetam_kernels.testing import (TOLERANCE, assert_close, check_key_mask,
+                                     masked_cross_attention_inputs, rel_l2, to64)
 
 NO_EXT = os.environ.get("EDGETAM_KERNELS_NO_EXT", "") not in ("", "0")
 needs_ext = pytest.mark.skipif(NO_EXT, reason="EDGETAM_KERNELS_NO_EXT=1: C++ extension not built")
@@ -177,7 +178,7 @@ def test_unsupported_inputs():
 @needs_ext
 def test_opcheck():
     q, k, v, qg, kg, rep, n_ptr = make(1, 2, (4, 5), 32, 2, (2, 2), 3, 4)
-    torch.library.opcheck(torch.ops.edgetam.rope_attention,
+    torch.library.opcheck(torch.ops.edgetam.rope_attention.default,
                           (q, k, v, qg, kg, rep, n_ptr, 1e4, 32 ** -0.5, None, None, "cpu"))
     torch.library.opcheck(torch.ops.edgetam_cpu.rope_attention,
                           (q, k, v, 4, 5, 2, 2, rep, n_ptr, 1e4, 32 ** -0.5, 0),
@@ -207,3 +208,72 @@ def test_isa_env_var():
     env["EDGETAM_KERNELS_CPU_ISA"] = "no_such_isa"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.split()[-1] == "False", out.stderr
+
+
+# key_mask: one key tile (4x6 queries, 68 keys) and several query blocks sharing pre-rotated keys
+# with whole 96-key tiles masked (12x12 queries, 4 frames of 16 + 8x8 tokens, 8 pointers).
+MASK_SHAPES = {"one_tile": {}, "blocks_and_tiles": dict(q_grid=(12, 12), frames=4, lead=16,
+                                                         k_grid=(8, 8))}
+
+
+def run_masked(q, k, v, kw, key_mask, compute_dtype=None, scale=None):
+    return ek.rope_attention(q, k, v, **kw, key_mask=key_mask, compute_dtype=compute_dtype,
+                             scale=scale, backend="cpu")
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", MASK_SHAPES)
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_key_mask(isa, dt, shape):
+    dtype, compute = DTYPES[dt]
+    with cpu.force_isa(isa):
+        check_key_mask(lambda q, k, v, kw, m: run_masked(q, k, v, kw, m, compute), dtype,
+                       compute, **MASK_SHAPES[shape])
+
+
+@needs_ext
+@pytest.mark.parametrize("scale", [-0.3, 0.0])
+@pytest.mark.parametrize("dt", ["fp32", "fp32_compute_bf16"])
+def test_key_mask_scale_not_positive(dt, scale):
+    """Masked scores are -inf before scaling: scale < 0 and scale 0 are rewritten (dispatch)."""
+    dtype, compute = DTYPES[dt]
+    q, k, v, kw = masked_cross_attention_inputs(dtype=dtype, q_grid=(12, 12))
+    mask = torch.rand(q.shape[0], k.shape[2], generator=torch.Generator().manual_seed(1)) < 0.5
+    mask[1] = False
+    q0 = q.clone()
+    out = run_masked(q, k, v, kw, mask, compute, scale)
+    assert torch.equal(q, q0)  # the negated copy is the kernel's own
+    ref = reference.rope_attention(*to64((q, k, v)), kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                                   kw["num_k_exclude_rope"], 10000.0, scale, None, mask)
+    assert_close(out, ref, compute or dtype, f"scale {scale}")
+
+
+@needs_ext
+def test_key_mask_ignores_masked_keys_contents():
+    """Masked keys holding NaN or huge values change nothing (values must be finite: api.h)."""
+    q, k, v, kw = masked_cross_attention_inputs(q_grid=(12, 12))
+    mask = torch.rand(q.shape[0], k.shape[2], generator=torch.Generator().manual_seed(2)) < 0.5
+    clean = run_masked(q, k, v, kw, mask)
+    k2, v2 = k.clone(), v.clone()
+    hidden = ~mask[:, None, :].expand(-1, k.shape[1], -1)
+    k2[hidden] = float("nan")
+    v2[hidden] = 1e30
+    for isa in ISAS:
+        with cpu.force_isa(isa):
+            assert torch.equal(run_masked(q, k2, v2, kw, mask), run_masked(q, k, v, kw, mask))
+    assert_close(clean, run_masked(q, k, v, kw, mask), torch.float32)
+
+
+@needs_ext
+def test_key_mask_opcheck():
+    q, k, v, kw = masked_cross_attention_inputs(batch=2, heads=1)
+    mask = torch.rand(2, k.shape[2]) < 0.5
+    mask[0] = False
+    torch.library.opcheck(torch.ops.edgetam.rope_attention.default,
+                          (q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                           kw["num_k_exclude_rope"], 1e4, 0.2, None, mask, "cpu"))
+    torch.library.opcheck(torch.ops.edgetam_cpu.rope_attention,
+                          (q, k, v, 4, 6, 4, 4, kw["k_repeat"], kw["num_k_exclude_rope"], 1e4,
+                           0.2, 0, mask),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))

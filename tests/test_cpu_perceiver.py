@@ -164,7 +164,7 @@ def test_bf16_compute_budget_separates_right_from_wrong(monkeypatch):
 def test_opcheck_and_compile(compute_dtype):
     args, kw = make(c=16, h=8, l1=4, l2=4, inner=16, hidden=32)
     x, pos, l1, l2, ws, nw, nb = args
-    torch.library.opcheck(torch.ops.edgetam.spatial_perceiver,
+    torch.library.opcheck(torch.ops.edgetam.spatial_perceiver.default,
                           (x, pos, l1, l2, ws, nw, nb, kw["depth"], 1, True, 1e-5, compute_dtype,
                            "cpu"))
 

@@ -200,7 +200,7 @@ def test_budget_catches_wrong_kernels():
 
 def test_opcheck_and_compile():
     args, heads = make(b=2, l=5, n=9, c=16, heads=2)
-    torch.library.opcheck(torch.ops.edgetam.perceiver_attention, (*args, heads, 1e-5, "cpu"))
+    torch.library.opcheck(torch.ops.edgetam.perceiver_attention.default, (*args, heads, 1e-5, "cpu"))
     torch.library.opcheck(torch.ops.edgetam_cpu.perceiver_attention, (*args, heads, 1e-5),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 

@@ -181,6 +181,34 @@ def test_metal_rope_attention_compute_dtype_rounds(lib, poison):
     assert err > 1e-4, f"error {err:.1e}: compute_dtype was ignored"
 
 
+# key_mask: the scaled-down EdgeTAM cross-attention layout (4 frames of 16 global + 8x8 patch
+# tokens, 8 pointers: whole 32-key tiles masked) against the valid-keys-only oracle.
+KEY_MASK_SHAPE = dict(q_grid=(2, 5), frames=4, lead=16, k_grid=(8, 8))
+
+
+@pytest.mark.parametrize("dtype,compute", [(torch.float32, None), (torch.float16, None),
+                                           (torch.float32, torch.bfloat16)],
+                         ids=["fp32", "fp16", "fp32_compute_bf16"])
+def test_metal_rope_attention_key_mask(lib, poison, dtype, compute):
+    def run(q, k, v, kw, mask):
+        return _launch.rope_attention(lib, q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                                      kw["num_k_exclude_rope"], 10000.0, None, compute, mask)
+
+    testing.check_key_mask(run, dtype, compute, **KEY_MASK_SHAPE)
+
+
+def test_metal_rope_attention_key_mask_ignores_masked_contents(lib):
+    q, k, v, kw = testing.masked_cross_attention_inputs(batch=2, **KEY_MASK_SHAPE)
+    mask = torch.rand(2, k.shape[2], generator=torch.Generator().manual_seed(3)) < 0.5
+    args = (kw["q_grid"], kw["k_grid"], kw["k_repeat"], kw["num_k_exclude_rope"], 1e4, None,
+            None, mask)
+    k2, v2 = k.clone(), v.clone()
+    hidden = ~mask[:, None, :].expand(-1, k.shape[1], -1)
+    k2[hidden], v2[hidden] = float("nan"), 1e30
+    assert torch.equal(_launch.rope_attention(lib, q, k2, v2, *args),
+                       _launch.rope_attention(lib, q, k, v, *args))
+
+
 def test_metal_rope_attention_non_contiguous(lib, poison):
     args = cases.rope_case(**cases.ROPE[1][1], transpose=True)
     assert not args[0].is_contiguous() and not args[2].is_contiguous()

@@ -143,22 +143,22 @@ def test_reference_perceiver_compute_dtype_reaches_only_global_cross_attention(c
 
 def _op_cases():
     q, k, v, kw = rope_inputs()
-    yield "rope_attention", torch.ops.edgetam.rope_attention, (
+    yield "rope_attention", torch.ops.edgetam.rope_attention.default, (
         q, k, v, list(kw["q_grid"]), list(kw["k_grid"]), kw["k_repeat"],
         kw["num_k_exclude_rope"], 10000.0, 0.25, None, None, "reference")
     mask = torch.rand(q.shape[0], k.shape[2]) < 0.7
     mask[0] = False  # a batch row with no valid key: zeros, finite gradients
-    yield "rope_attention key_mask", torch.ops.edgetam.rope_attention, (
+    yield "rope_attention key_mask", torch.ops.edgetam.rope_attention.default, (
         q, k, v, list(kw["q_grid"]), list(kw["k_grid"]), kw["k_repeat"],
         kw["num_k_exclude_rope"], 10000.0, 0.25, None, mask, "reference")
     lat, x = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
     p = perceiver_params(depth=1, self_attn=False)
-    yield "perceiver_attention", torch.ops.edgetam.perceiver_attention, (
+    yield "perceiver_attention", torch.ops.edgetam.perceiver_attention.default, (
         lat, x, torch.randn(2, 9, 16), *p[:7], 1, 1e-5, "reference")
     args, pkw = perceiver_inputs()
     for compute_dtype in (None, torch.bfloat16):
         yield f"spatial_perceiver compute_dtype={compute_dtype}", \
-            torch.ops.edgetam.spatial_perceiver, \
+            torch.ops.edgetam.spatial_perceiver.default, \
             (*args, pkw["depth"], 1, pkw["use_self_attn"], 1e-5, compute_dtype, "reference")
 
 

@@ -10,7 +10,8 @@ import torch
 
 import edgetam_kernels as ek
 from edgetam_kernels import _registry, reference
-from edgetam_kernels.testing import TOLERANCE, assert_close, rel_l2, to64
+from edgetam_kernels.testing import (TOLERANCE, assert_close, check_key_mask,
+                                     masked_cross_attention_inputs, rel_l2, to64)
 
 pytestmark = pytest.mark.skipif(
     _registry.why_unavailable("triton") is not None,
@@ -167,6 +168,63 @@ def test_every_output_element_written(monkeypatch):
         assert not torch.isnan(out).any()
         ref = ref64(q, k, v, kw)
         assert torch.allclose(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# key_mask: the scaled-down EdgeTAM cross-attention layout against the valid-keys-only oracle,
+# on the single-pass, split (masked splits get weight 0), pre-rotated and SDPA strategies
+# ---------------------------------------------------------------------------------------------
+
+MASK_CONFIGS = {
+    "splits2": dict(BLOCK_M=16, BLOCK_N=16, SPLITS=2, num_warps=4, num_stages=1),
+    "single_pass": dict(BLOCK_M=32, BLOCK_N=32, SPLITS=1, num_warps=4, num_stages=1),
+    "pre_rot_splits3": dict(BLOCK_M=16, BLOCK_N=16, SPLITS=3, PRE_ROT=True, num_warps=4,
+                            num_stages=1),
+    "sdpa": dict(SDPA=True),
+}
+
+
+@pytest.mark.parametrize("name", MASK_CONFIGS)
+def test_key_mask(name):
+    def run(q, k, v, kw, mask):
+        return _kernel()(q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                         kw["num_k_exclude_rope"], 10000.0, None, None, mask,
+                         config=MASK_CONFIGS[name])
+
+    check_key_mask(run, device=DEV)
+
+
+@pytest.mark.parametrize("dtype,cdt", [(torch.bfloat16, None), (torch.float32, torch.float16)])
+def test_key_mask_low_precision_through_the_op(dtype, cdt):
+    check_key_mask(lambda q, k, v, kw, m: run(q, k, v, kw, key_mask=m, compute_dtype=cdt),
+                   dtype, cdt, device=DEV)
+
+
+def test_key_mask_ignores_masked_contents():
+    q, k, v, kw = masked_cross_attention_inputs(batch=2, device=DEV)
+    mask = torch.rand(2, k.shape[2], generator=torch.Generator().manual_seed(3)) < 0.5
+    mask = mask.to(DEV)
+    k2, v2 = k.clone(), v.clone()
+    hidden = ~mask[:, None, :].expand(-1, k.shape[1], -1)
+    k2[hidden], v2[hidden] = float("nan"), 1e30
+    for cfg in ("splits2", "pre_rot_splits3"):
+        a = _kernel()(q, k2, v2, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                      kw["num_k_exclude_rope"], 1e4, None, None, mask,
+                      config=MASK_CONFIGS[cfg])
+        b = _kernel()(q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                      kw["num_k_exclude_rope"], 1e4, None, None, mask,
+                      config=MASK_CONFIGS[cfg])
+        assert torch.equal(a, b), cfg
+
+
+def test_key_mask_opcheck():
+    q, k, v, kw = masked_cross_attention_inputs(batch=2, heads=1, device=DEV)
+    mask = (torch.rand(2, k.shape[2]) < 0.5).to(DEV)
+    mask[0] = False
+    torch.library.opcheck(torch.ops.edgetam.rope_attention.default,
+                          (q, k, v, kw["q_grid"], kw["k_grid"], kw["k_repeat"],
+                           kw["num_k_exclude_rope"], 1e4, 0.2, None, mask, "triton"),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 # ---------------------------------------------------------------------------------------------

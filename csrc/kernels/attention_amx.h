@@ -106,6 +106,7 @@ void amx_block_attention(const RopeAttnArgs& a, const AmxPlan& p, int64_t bh, in
   }
   std::memset(s.o, 0, sizeof(float) * size_t(Mbp * Dvp));
   const __m512 cmul = _mm512_set1_ps(a.scale * kLog2e);
+  const uint8_t* km = key_mask_row(a, bh);
   const __m512i stride = _mm512_mullo_epi32(_mm512_set1_epi32(int(NT)),
                                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
                                                               11, 12, 13, 14, 15));
@@ -113,6 +114,7 @@ void amx_block_attention(const RopeAttnArgs& a, const AmxPlan& p, int64_t bh, in
   for (int64_t k0 = 0; k0 < a.Nk; k0 += NT) {
     const int64_t nk = min64(NT, a.Nk - k0);
     const int64_t nkp = round_up(nk, 32);
+    if (km && !any_valid(km + k0, nk)) continue;  // no valid key in the tile
     if (nk < NT) std::memset(s.kpt, 0, sizeof(uint32_t) * size_t(Dp / 2 * NT));
     // Keys: rotate, round to bf16, scatter the pair words into K^T VNNI layout.
     for (int64_t j = 0; j < nk; ++j) {
@@ -138,6 +140,9 @@ void amx_block_attention(const RopeAttnArgs& a, const AmxPlan& p, int64_t bh, in
     for (int64_t i = 0; i < Mbp; ++i) {
       float* sr = s.s + i * NT;
       for (int64_t j = nk; j < nkp; ++j) sr[j] = -__builtin_inff();
+      if (km)  // scale > 0 with a mask (api.h): -inf stays -inf once scaled
+        for (int64_t j = 0; j < nk; ++j)
+          if (!km[k0 + j]) sr[j] = -__builtin_inff();
       __m512 mx = _mm512_set1_ps(-__builtin_inff());
       for (int64_t j = 0; j < nkp; j += 16)
         mx = _mm512_max_ps(mx, _mm512_mul_ps(_mm512_loadu_ps(sr + j), cmul));
@@ -152,6 +157,9 @@ void amx_block_attention(const RopeAttnArgs& a, const AmxPlan& p, int64_t bh, in
         sum = _mm512_add_ps(sum, pj);
         V::store_bf16(pr + j, pj);
       }
+      if (km)  // exp2 bottoms out at 2^-125: masked keys' probabilities to exactly 0
+        for (int64_t j = 0; j < nk; ++j)
+          if (!km[k0 + j]) pr[j] = 0;
       const float alpha = exp2_scalar(mo - mn);
       s.l[i] = s.l[i] * alpha + _mm512_reduce_add_ps(sum);
       s.m[i] = mn;
@@ -173,7 +181,8 @@ void amx_block_attention(const RopeAttnArgs& a, const AmxPlan& p, int64_t bh, in
         amx_block(nkp, s.pb + i0 * NT, NT, s.vp + c0, Dvp, s.o + i0 * Dvp + c0, Dvp, true);
   }
   for (int64_t i = 0; i < nq; ++i)
-    store_row(s.o + i * Dvp, 1.0f / s.l[i], a.dtype, (bh * a.Nq + q0 + i) * Dv, Dv, a.out);
+    store_row(s.o + i * Dvp, s.l[i] > 0.0f ? 1.0f / s.l[i] : 0.0f,  // 0: every key masked
+              a.dtype, (bh * a.Nq + q0 + i) * Dv, Dv, a.out);
 }
 
 struct AmxJob {

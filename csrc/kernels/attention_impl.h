@@ -92,6 +92,17 @@ struct AttnScratch {
   }
 };
 
+// key_mask (api.h) of the batch row of head bh, or null when every key is valid.
+inline const uint8_t* key_mask_row(const RopeAttnArgs& a, int64_t bh) {
+  return a.key_mask ? a.key_mask + (bh / a.H) * a.key_mask_bstride : nullptr;
+}
+
+inline bool any_valid(const uint8_t* km, int64_t n) {
+  for (int64_t j = 0; j < n; ++j)
+    if (km[j]) return true;
+  return false;
+}
+
 inline uint32_t pack_pair(float lo, float hi) {
   return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16);
 }
@@ -156,9 +167,12 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
     s.l[i] = 0.0f;
   }
   const vf cmul = V::set1(a.scale * kLog2e);
+  const uint8_t* km = key_mask_row(a, bh);
+  bool first = true;  // no tile accumulated yet (tiles whose keys are all masked are skipped)
 
   for (int64_t k0 = 0; k0 < a.Nk; k0 += kKeyTile) {
     const int64_t nk = min64(kKeyTile, a.Nk - k0);
+    if (km && !any_valid(km + k0, nk)) continue;
     // Keys of the tile, rotated where the rule says so (or prepared once for every block).
     const float* kt = s.kr;
     if (p.keys) {
@@ -175,12 +189,18 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
       gemm<1>(nk, nqp, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
     else
       gemm<false>(nk, nqp, kd, kt, kd, 1, s.qt, ldq, s.s, ldq, false, nullptr);
+    if (km) {  // masked keys' scores to -inf (the tile has a valid key: every max stays finite)
+      const vf fill = V::set1(-__builtin_inff());  // scale > 0 with a mask (api.h)
+      for (int64_t j = 0; j < nk; ++j)
+        if (!km[k0 + j])
+          for (int64_t i0 = 0; i0 < nqp; i0 += W) V::store(s.s + j * ldq + i0, fill);
+    }
     // Online softmax down each column (query) into P^T (kLazyTrig).
     bool rescale = false;
     for (int64_t i0 = 0; i0 < nqp; i0 += W) {
       const vf mo = V::load(s.m + i0);
       vf mn = mo, sum = V::zero();
-      bool redo = k0 == 0;
+      bool redo = first;
       if (!redo) {  // against the running max; the largest exponent tracked on the way
         const vf neg = V::sub(V::zero(), mo);
         vf xm0 = V::set1(-__builtin_inff()), xm1 = xm0, sum1 = sum;
@@ -229,7 +249,13 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
       V::store(s.m + i0, mn);
       V::store(s.alpha + i0, alpha);
     }
-    if (k0 > 0 && rescale) {  // O^T columns (queries) by alpha
+    if (km) {  // exp2 bottoms out at 2^-125: masked keys' probabilities to exactly 0
+      const vf z = V::zero();
+      for (int64_t j = 0; j < nk; ++j)
+        if (!km[k0 + j])
+          for (int64_t i0 = 0; i0 < nqp; i0 += W) V::store(s.pt + j * ldq + i0, z);
+    }
+    if (!first && rescale) {  // O^T columns (queries) by alpha
       for (int64_t d = 0; d < Dv; ++d) {
         float* od = s.o + d * ldq;
         for (int64_t i0 = 0; i0 < nqp; i0 += W)
@@ -281,9 +307,9 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
     }
     // O^T = alpha O^T + V^T P^T (first tile: no accumulation)
     if (dot && p.f16)
-      gemm<2>(Dv, nqp, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
+      gemm<2>(Dv, nqp, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, !first, nullptr);
     else if (dot)
-      gemm<1>(Dv, nqp, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, k0 > 0, nullptr);
+      gemm<1>(Dv, nqp, kp, vsrc, 1, ldv, s.pp, ldq, s.o, ldq, !first, nullptr);
     else if (p.vpk)  // as gemm<false>, with A one packed panel per block of MR channels
       for (int64_t n0 = 0; n0 < nqp; n0 += V::NR * W) {
         const int64_t nv = min64(V::NR, (nqp - n0) / W), nb = ceil_div(Dv, int64_t(V::MR));
@@ -292,11 +318,16 @@ void attn_block(const RopeAttnArgs& a, const AttnPlan& p, int64_t bh, int64_t q0
           const int64_t m0 = mb * V::MR, mr = min64(V::MR, Dv - m0);
           MicroFn fn = mr == V::MR ? full : pick<0>(mr, nv);
           fn(nk, p.vpk + ((bh * nb + mb) * a.Nk + k0) * V::MR, 1, V::MR, s.pt + n0, ldq,
-             s.o + m0 * ldq + n0, ldq, k0 > 0, nullptr);
+             s.o + m0 * ldq + n0, ldq, !first, nullptr);
         }
       }
     else
-      gemm<false>(Dv, nqp, kp, vsrc, 1, ldv, s.pt, ldq, s.o, ldq, k0 > 0, nullptr);
+      gemm<false>(Dv, nqp, kp, vsrc, 1, ldv, s.pt, ldq, s.o, ldq, !first, nullptr);
+    first = false;
+  }
+  if (first) {  // every key masked: zeros, not 0 / 0
+    for (int64_t d = 0; d < Dv; ++d) std::memset(s.o + d * ldq, 0, sizeof(float) * size_t(nq));
+    for (int64_t i = 0; i < nq; ++i) s.l[i] = 1.0f;
   }
   // O = (O^T)^T / l, a 16-query slab at a time through rows of the (now free) V buffer.
   for (int64_t i = 0; i < nq; ++i) s.l[i] = 1.0f / s.l[i];

@@ -80,7 +80,8 @@ def force_isa(name: Optional[str]):
 if _ops is not None:
     # Shapes for tracing (opcheck, torch.compile) of the raw kernel op.
     @torch.library.register_fake("edgetam_cpu::rope_attention")
-    def _(q, k, v, q_h, q_w, k_h, k_w, k_repeat, num_k_exclude_rope, theta, scale, compute):
+    def _(q, k, v, q_h, q_w, k_h, k_w, k_repeat, num_k_exclude_rope, theta, scale, compute,
+          key_mask=None):
         return q.new_empty((*q.shape[:3], v.shape[3]))
 
     @torch.library.register_fake("edgetam_cpu::spatial_perceiver")
@@ -109,15 +110,13 @@ if _ops is not None and os.environ.get(ENV_ISA, "").strip() not in ("", "auto"):
 
 def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, theta=10000.0,
                    scale=None, compute_dtype=None, key_mask=None):
-    if key_mask is not None:  # supports() keeps masked calls away; never ignore a mask
-        raise NotImplementedError("the cpu rope_attention kernel does not take key_mask yet")
     if scale is None:
         scale = q.shape[-1] ** -0.5
     compute = _COMPUTE[compute_dtype if compute_dtype is not None else q.dtype]
     return _ops.rope_attention(
         q.contiguous(), k.contiguous(), v.contiguous(), int(q_grid[0]), int(q_grid[1]),
         int(k_grid[0]), int(k_grid[1]), int(k_repeat), int(num_k_exclude_rope), float(theta),
-        float(scale), compute)
+        float(scale), compute, None if key_mask is None else key_mask.contiguous())
 
 
 def spatial_perceiver(x, pos, latents_1d, latents_2d, weights, norm_w, norm_b, depth, heads=1,
@@ -164,8 +163,6 @@ def supports(op: str, args: tuple) -> Optional[str]:
         cd = args[9]
         if cd is not None and cd not in _COMPUTE:
             return f"compute_dtype {cd} is not supported (float32, bfloat16, float16)"
-        if len(args) > 10 and args[10] is not None:
-            return "key_mask is not implemented by the cpu kernel yet"
     return None
 
 

@@ -85,14 +85,16 @@ class Kernels:
 
     def attention(self, q, k, v, out, *, batch, heads, n_q, n_k, d, dv, q_str, k_str, v_str,
                   o_str, pos=None, p_str=(0, 0, 0, 0), freqs, rope=(0, 1, 0, 1, 0),
-                  round_mode=ROUND_NONE, scale):
+                  round_mode=ROUND_NONE, scale, key_mask=None, mask_bstride=0):
         """Strides are (batch, head, token, offset) in elements; p_str (batch, head, token,
         channel). rope = (q grid width or 0, k grid width, rotated tokens per frame, frame
-        length, number of frame tokens)."""
+        length, number of frame tokens). key_mask: 0 / 1 in q's dtype, row b at
+        b * mask_bstride (0: one row for the batch), or None."""
         g = [n_q, n_k, d, dv, *q_str, *k_str, *v_str, *o_str, *p_str, int(pos is not None),
-             *rope, round_mode]
-        assert len(g) == 31
+             *rope, round_mode, int(key_mask is not None), mask_bstride]
+        assert len(g) == 33
         self._k("rope_attention")(q, k, v, q if pos is None else pos, freqs, out, g, float(scale),
+                                  q if key_mask is None else key_mask,
                                   threads=[_cdiv(n_q, ATT_BQ) * ATT_THREADS, heads, batch],
                                   group_size=[ATT_THREADS, 1, 1])
 
@@ -123,8 +125,6 @@ def supports(op: str, args: tuple, has_bfloat: bool) -> Optional[str]:
             return "compute_dtype float64 is not supported on Apple GPUs"
         if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
             return f"head dims above {MAX_HEAD_DIM} are not supported"
-        if len(args) > 10 and args[10] is not None:
-            return "key_mask is not implemented by the metal kernel yet"
     elif op == "perceiver_attention":
         w_q, heads = args[7], args[10]
         if w_q.shape[0] // heads > MAX_HEAD_DIM:
@@ -149,8 +149,6 @@ def supports(op: str, args: tuple, has_bfloat: bool) -> Optional[str]:
 
 def rope_attention(lib, q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, theta=10000.0,
                    scale=None, compute_dtype=None, key_mask=None):
-    if key_mask is not None:  # supports() keeps masked calls away; never ignore a mask
-        raise NotImplementedError("the metal rope_attention kernel does not take key_mask yet")
     dtype = q.dtype
     q, k, v = _buf(q, dtype), _buf(k, dtype), _buf(v, dtype)
     b, h, n_q, d = q.shape
@@ -170,7 +168,9 @@ def rope_attention(lib, q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0,
         q, k, v, out, batch=b, heads=h, n_q=n_q, n_k=n_k, d=d, dv=dv,
         q_str=(h * n_q * d, n_q * d, d, 0), k_str=(h * n_k * d, n_k * d, d, 0),
         v_str=(h * n_k * dv, n_k * dv, dv, 0), o_str=(h * n_q * dv, n_q * dv, dv, 0),
-        freqs=freqs, rope=rope, round_mode=_round_mode(dtype, compute_dtype), scale=scale)
+        freqs=freqs, rope=rope, round_mode=_round_mode(dtype, compute_dtype), scale=scale,
+        key_mask=None if key_mask is None else _buf(key_mask, dtype),
+        mask_bstride=0 if key_mask is None or key_mask.shape[0] == 1 else n_k)
     return out
 
 

@@ -90,8 +90,6 @@ def _supports(op, args):
             return f"head dims above {MAX_HEAD_DIM} (q {q.shape[-1]}, v {v.shape[-1]})"
         if q.shape[0] * q.shape[1] > 65535:
             return "batch x heads above 65535 (one grid axis)"
-        if len(args) > 10 and args[10] is not None:
-            return "key_mask is not implemented by the triton kernel yet"
         return None
     if op in ("perceiver_attention", "spatial_perceiver"):
         from .perceiver import supports as perceiver_supports

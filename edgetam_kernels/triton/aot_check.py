@@ -126,7 +126,7 @@ def main():
             k = torch.empty(1, 1, 3648, d, dtype=dt)
             tab = ra.rope_table(64, d, 10000.0, q.device)
             out = torch.empty(1, 1, 4096, d, dtype=dt)
-            geo = dict(q_w=64, k_w=16, frame=512, n_front=256, n_rope=3584)
+            geo = dict(q_w=64, k_w=16, frame=512, n_front=256, n_rope=3584, key_mask=None)
             cfgs = ra.candidate_configs(1, 4096, 3648, d, d, torch.device("cpu"),
                                         torch.empty((), dtype=dt).element_size())
             seen = set()

@@ -21,6 +21,11 @@ Layout of the work:
 - Keys: with several query tiles per head (EdgeTAM: 64), a pre-pass (_rope_keys) rotates k
   once into a [even | odd] copy in the compute dtype and the main loop loads it contiguously;
   with few query tiles the main loop rotates k tiles on load (no extra launch or buffer).
+- key_mask (optional, (B or 1, NK) bool read as bytes): a masked key's score is -inf before the
+  softmax, so its probability is exactly 0. A row whose keys are all masked keeps max -inf and
+  sum 0 (the max is replaced by 0 where it is -inf, so no -inf - -inf NaN), and writes zeros;
+  the split merge gives such splits weight 0. HAS_MASK is a constexpr: unmasked calls compile
+  the same kernel as before.
 - Flash-decoding split: at batch 1 with one head, 4096 queries give 32-64 query tiles, too few
   for 132 SMs. The key range is cut into `splits` contiguous chunks of whole key blocks; each
   program writes its normalised partial output and log2-sum-exp, and a second small kernel
@@ -96,7 +101,7 @@ def _rope_keys(
 
 @triton.jit
 def _rope_attn_fwd(
-    Q, K, V, O, TAB, PO, PLSE,
+    Q, K, V, O, TAB, PO, PLSE, KM, skm,
     sqb, sqh, sqn, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
@@ -108,7 +113,7 @@ def _rope_attn_fwd(
     CDT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DH: tl.constexpr,
     BLOCK_DV: tl.constexpr, SPLIT: tl.constexpr, PRE_ROT: tl.constexpr, PREC: tl.constexpr,
-    INTERP: tl.constexpr,
+    INTERP: tl.constexpr, HAS_MASK: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -167,11 +172,18 @@ def _rope_attn_fwd(
         qk = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         qk = dot(q0, k0, qk, PREC, INTERP)
         qk = dot(q1, k1, qk, PREC, INTERP)
+        if HAS_MASK:  # key_mask row of batch b (skm 0: one mask for the batch)
+            km = tl.load(KM + b.to(tl.int64) * skm + offs_n, mask=n_ok, other=0)
+            n_ok = n_ok & (km != 0)
         qk = tl.where(n_ok[None, :], qk * qk_scale, float("-inf"))
 
         m_new = tl.maximum(m_i, tl.max(qk, 1))
-        alpha = tl.exp2(m_i - m_new)
-        pr = tl.exp2(qk - m_new[:, None])
+        if HAS_MASK:  # rows with no valid key yet: max -inf, exponents against 0 instead
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_ref = m_new
+        alpha = tl.exp2(m_i - m_ref)
+        pr = tl.exp2(qk - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(pr, 1)
         v_ptr = v_base + offs_n[:, None].to(tl.int64) * svn + jv[None, :] * svd
         v = tl.load(v_ptr, mask=n_ok[:, None] & (jv < DV)[None, :], other=0.0)
@@ -179,7 +191,10 @@ def _rope_attn_fwd(
         acc = dot(cast(pr, CDT, INTERP), v, acc * alpha[:, None], PREC, INTERP)
         m_i = m_new
 
-    out = acc / l_i[:, None]
+    if HAS_MASK:  # every key masked: zeros, not 0 / 0
+        out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)
+    else:
+        out = acc / l_i[:, None]
     if not SPLIT:
         o_ptr = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
         o_ptr += offs_m[:, None].to(tl.int64) * son + jv[None, :] * sod
@@ -190,13 +205,17 @@ def _rope_attn_fwd(
         row = (split * tl.num_programs(1) + pid_bh).to(tl.int64) * NQ + offs_m
         tl.store(PO + row[:, None] * DV + jv[None, :], out,
                  mask=m_ok[:, None] & (jv < DV)[None, :])
-        tl.store(PLSE + row, m_i + tl.log2(l_i), mask=m_ok)
+        if HAS_MASK:  # no valid key in this split: lse -inf (weight 0 in the merge)
+            lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        else:
+            lse = m_i + tl.log2(l_i)
+        tl.store(PLSE + row, lse, mask=m_ok)
 
 
 @triton.jit
 def _merge_splits(
     O, PO, PLSE, H, NQ, DV, sob, soh, son, sod, n_splits,
-    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, INTERP: tl.constexpr, HAS_MASK: tl.constexpr,
 ):
     """out = sum_s 2^(lse_s - lse) * out_s over the key splits, lse = log2 sum_s 2^lse_s."""
     pid_m = tl.program_id(0)
@@ -210,6 +229,8 @@ def _merge_splits(
     for s in range(n_splits):
         row = (s * nbh + pid_bh).to(tl.int64) * NQ + offs_m
         lse_max = tl.maximum(lse_max, tl.load(PLSE + row, mask=m_ok, other=0.0))
+    if HAS_MASK:  # splits whose keys are all masked have lse -inf: weight 0, never NaN
+        lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
     total = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for s in range(n_splits):
@@ -221,7 +242,11 @@ def _merge_splits(
     h = pid_bh % H
     o_ptr = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
     o_ptr += offs_m[:, None].to(tl.int64) * son + jv[None, :] * sod
-    tl.store(o_ptr, cast(acc / total[:, None], O.dtype.element_ty, INTERP), mask=mask)
+    if HAS_MASK:  # every key masked: zeros
+        res = tl.where(total[:, None] > 0, acc / tl.where(total > 0, total, 1.0)[:, None], 0.0)
+    else:
+        res = acc / total[:, None]
+    tl.store(o_ptr, cast(res, O.dtype.element_ty, INTERP), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,17 +366,17 @@ def _store() -> TunedStore:
     return _STORE
 
 
-def tuning_key(device, bh, n_q, n_k, d, dv, in_dtype, cdt) -> str:
+def tuning_key(device, bh, n_q, n_k, d, dv, in_dtype, cdt, masked: bool = False) -> str:
     """The autotuner's key: the GPU model and software versions, power-of-two buckets of the
     sizes that vary while tracking (objects, queries, memory length), exact head dims and
-    dtypes (see _tuning.py)."""
+    dtypes (see _tuning.py); masked calls (another kernel variant) are tuned apart."""
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
     return "|".join([
         "rope_attention", name, f"triton {triton.__version__}", f"torch {torch.__version__}",
         f"bh {bucket(bh)}", f"n_q {bucket(n_q)}", f"n_k {bucket(n_k)}", f"d {d}", f"dv {dv}",
         str(in_dtype), str(cdt), fp32_precision(),
-    ])
+    ] + (["key_mask"] if masked else []))
 
 
 def _autotune_enabled(device) -> bool:
@@ -389,7 +414,9 @@ def _launch_sdpa(q, k, v, out, tab, geo, scale, cdt):
     qr = _rotate(q, tab, n_q, geo["q_w"], n_q, 0, n_q, cdt).view(b, h, n_q, d)
     kr = _rotate(k, tab, n_k, geo["k_w"], geo["frame"], geo["n_front"], geo["n_rope"],
                  cdt).view(b, h, n_k, d)
-    res = torch.nn.functional.scaled_dot_product_attention(qr, kr, v.to(cdt), scale=scale)
+    mask = geo["key_mask"]
+    res = reference.attention(qr, kr, v.to(cdt), scale, None,
+                              None if mask is None else mask.bool())
     if out is None:
         return res.to(q.dtype)
     return out.copy_(res)
@@ -414,6 +441,7 @@ def _launch(q, k, v, out, tab, geo, scale, cdt, cfg):
         plse = torch.empty((splits, b * h, n_q), device=q.device, dtype=torch.float32)
     else:
         po = plse = out  # unused
+    key_mask = geo["key_mask"]
     pre_rot = cfg.get("PRE_ROT", False)
     k_in = k
     if pre_rot:  # rotate each key once instead of once per query tile
@@ -424,6 +452,7 @@ def _launch(q, k, v, out, tab, geo, scale, cdt, cfg):
     grid = (cdiv(n_q, cfg["BLOCK_M"]), b * h, splits)
     _rope_attn_fwd[grid](
         q, k_in, v, out, tab, po, plse,
+        q if key_mask is None else key_mask, 0 if key_mask is None else key_mask.stride(0),
         *q.stride(), *k_strides, *v.stride(), *out.stride(),
         h, n_q, n_k, d, dv,
         geo["q_w"], geo["k_w"], geo["frame"], geo["n_front"], geo["n_rope"],
@@ -431,13 +460,15 @@ def _launch(q, k, v, out, tab, geo, scale, cdt, cfg):
         per_split, qk_scale,
         CDT=TL_DTYPE[cdt], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_DH=bdh,
         BLOCK_DV=bdv, SPLIT=splits > 1, PRE_ROT=pre_rot, PREC=fp32_precision(),
-        INTERP=interpreting(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        INTERP=interpreting(), HAS_MASK=key_mask is not None, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     if splits > 1:
         bm = 64 if bdv <= 128 else 32
         _merge_splits[(cdiv(n_q, bm), b * h)](
             out, po, plse, h, n_q, dv, *out.stride(), splits,
-            BLOCK_M=bm, BLOCK_DV=bdv, INTERP=interpreting(), num_warps=4,
+            BLOCK_M=bm, BLOCK_DV=bdv, INTERP=interpreting(), HAS_MASK=key_mask is not None,
+            num_warps=4,
         )
     return out
 
@@ -462,8 +493,6 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
                    config: Optional[dict] = None, out: Optional[torch.Tensor] = None):
     """Same signature and result as reference.rope_attention. Keyword-only extras for tests
     and benchmarks: `config` (tiles / splits, else tuned or heuristic), `out` (preallocated)."""
-    if key_mask is not None:  # supports() keeps masked calls away; never ignore a mask
-        raise NotImplementedError("the triton rope_attention kernel does not take key_mask yet")
     b, h, n_q, d = q.shape
     n_k, dv = k.shape[2], v.shape[3]
     cdt = compute_dtype if compute_dtype is not None else q.dtype
@@ -477,8 +506,12 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
     else:
         frame, n_front = 1, 0
         side = max(q_grid[0], q_grid[1], 1)
+    if key_mask is not None:  # bytes (bool storage), one row per batch row or a shared one
+        key_mask = key_mask.contiguous().view(torch.uint8)
+        if key_mask.shape[0] == 1:
+            key_mask = key_mask.expand(b, -1)  # stride 0: the kernel reads row b * 0
     geo = dict(q_w=max(q_grid[1], 1), k_w=max(k_grid[1], 1), frame=frame, n_front=n_front,
-               n_rope=n_rope)
+               n_rope=n_rope, key_mask=key_mask)
     tab = rope_table(side, d, theta, q.device)
 
     def run(cfg):
@@ -487,7 +520,8 @@ def rope_attention(q, k, v, q_grid, k_grid, k_repeat, num_k_exclude_rope=0, thet
     if config is None:
         esize = torch.finfo(cdt).bits // 8
         if _autotune_enabled(q.device):
-            config = _tuned(tuning_key(q.device, b * h, n_q, n_k, d, dv, q.dtype, cdt), run,
+            config = _tuned(tuning_key(q.device, b * h, n_q, n_k, d, dv, q.dtype, cdt,
+                                       key_mask is not None), run,
                             lambda: candidate_configs(b * h, n_q, n_k, d, dv, q.device, esize),
                             q.device)
         if config is None:

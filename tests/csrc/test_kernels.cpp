@@ -1,5 +1,6 @@
 // Torch-free test of the CPU kernels on every ISA path this CPU supports: RoPE attention against
-// a naive double-precision reference (fp32, bf16 and fp16 inputs / compute), the perceiver
+// a naive double-precision reference (fp32, bf16 and fp16 inputs / compute; with and without a
+// key mask that removes memory frames, pointer tokens and, in batch row 2, every key), the perceiver
 // cross-attention block against one too, and the spatial perceiver of each SIMD path against
 // the scalar path. Built natively and cross-built for aarch64 (run under qemu) by
 // tests/test_cpu_aarch64.py.
@@ -56,7 +57,20 @@ float quantize(float x, int dtype) {
 struct AttnCase {
   const char* name;
   int64_t B, H, qh, qw, D, Dv, frames, kh, kw, lead, nptr;
+  bool masked;  // key_mask: see key_mask_for
 };
+
+// Batch row b keeps frame f unless (f + b) % 3 == 1 and pointer j unless (j + b) % 4 == 0;
+// row 2 keeps nothing (its output must be zeros).
+std::vector<uint8_t> key_mask_for(const AttnCase& c) {
+  const int64_t frame = c.lead + c.kh * c.kw, nrope = c.frames * frame, Nk = nrope + c.nptr;
+  std::vector<uint8_t> m(static_cast<size_t>(c.B * Nk));
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t n = 0; n < Nk; ++n)
+      m[size_t(b * Nk + n)] = b != 2 && (n < nrope ? (n / frame + b) % 3 != 1
+                                                   : (n - nrope + b) % 4 != 0);
+  return m;
+}
 
 // Rotate pairs of x (fp32) at grid position (row, col) the way reference.apply_rope does.
 void rope(float* x, int64_t D, int64_t row, int64_t col, double theta) {
@@ -73,7 +87,7 @@ void rope(float* x, int64_t D, int64_t row, int64_t col, double theta) {
 
 std::vector<double> attn_reference(const AttnCase& c, const std::vector<float>& q,
                                    const std::vector<float>& k, const std::vector<float>& v,
-                                   int dtype) {
+                                   int dtype, const std::vector<uint8_t>& mask) {
   const int64_t Nq = c.qh * c.qw, frame = c.lead + c.kh * c.kw, Nk = c.frames * frame + c.nptr;
   const int64_t nrope = c.frames * frame;
   std::vector<double> out(static_cast<size_t>(c.B * c.H * Nq * c.Dv));
@@ -94,19 +108,20 @@ std::vector<double> attn_reference(const AttnCase& c, const std::vector<float>& 
       if (n < nrope && t >= 0) rope(x, c.D, t / c.kw, t % c.kw, 1e4);
       for (int64_t d = 0; d < c.D; ++d) x[d] = quantize(x[d], dtype);
     }
+    const uint8_t* valid = mask.empty() ? nullptr : mask.data() + (bh / c.H) * Nk;
     for (int64_t i = 0; i < Nq; ++i) {
       double m = -INFINITY, sum = 0;
       for (int64_t j = 0; j < Nk; ++j) {
         double s = 0;
         for (int64_t d = 0; d < c.D; ++d) s += double(qr[i * c.D + d]) * kr[j * c.D + d];
-        p[j] = s * scale;
+        p[j] = valid && !valid[j] ? -INFINITY : s * scale;  // masked: left out
         m = p[j] > m ? p[j] : m;
       }
-      for (int64_t j = 0; j < Nk; ++j) sum += (p[j] = std::exp(p[j] - m));
+      for (int64_t j = 0; j < Nk; ++j) sum += (p[j] = p[j] == -INFINITY ? 0.0 : std::exp(p[j] - m));
       for (int64_t e = 0; e < c.Dv; ++e) {
         double o = 0;
         for (int64_t j = 0; j < Nk; ++j) o += p[j] * v[(bh * Nk + j) * c.Dv + e];
-        out[(bh * Nq + i) * c.Dv + e] = o / sum;
+        out[(bh * Nq + i) * c.Dv + e] = sum > 0 ? o / sum : 0.0;  // no valid key: zeros
       }
     }
   }
@@ -148,6 +163,11 @@ void test_attention(int isa, const AttnCase& c, int dtype, int compute) {
   a.k_frame = c.frames ? frame : 1;
   a.k_nrot = c.kh * c.kw;
   a.scale = float(1.0 / std::sqrt(double(c.D)));
+  const std::vector<uint8_t> mask = c.masked ? key_mask_for(c) : std::vector<uint8_t>();
+  if (c.masked) {
+    a.key_mask = mask.data();
+    a.key_mask_bstride = Nk;
+  }
   set_isa(isa);
   rope_attention(a, c.qh, c.kh, 1e4, kPar);
   std::vector<double> out(nout);
@@ -159,7 +179,7 @@ void test_attention(int isa, const AttnCase& c, int dtype, int compute) {
   char what[160];
   std::snprintf(what, sizeof what, "attention %-11s %-12s in %-4s compute %s", isa_name(isa), c.name,
                 dn[dtype], dn[compute]);
-  report(what, rel_l2(out, attn_reference(c, q, k, v, dtype)), tol);
+  report(what, rel_l2(out, attn_reference(c, q, k, v, dtype, mask)), tol);
 }
 
 // Spatial perceiver: every SIMD path against the scalar path on random weights.
@@ -315,10 +335,13 @@ int main(int argc, char** argv) {
     ++g_failures;
   }
   const AttnCase cases[] = {
-      {"self_8x8", 1, 1, 8, 8, 64, 64, 1, 8, 8, 0, 0},
-      {"odd_5x7", 2, 3, 5, 7, 36, 20, 3, 2, 3, 4, 16},
-      {"cross_d256", 1, 1, 4, 4, 256, 256, 3, 4, 4, 16, 9},
-      {"ptrs_only", 1, 2, 3, 3, 16, 8, 0, 1, 1, 0, 13},
+      {"self_8x8", 1, 1, 8, 8, 64, 64, 1, 8, 8, 0, 0, false},
+      {"odd_5x7", 2, 3, 5, 7, 36, 20, 3, 2, 3, 4, 16, false},
+      {"cross_d256", 1, 1, 4, 4, 256, 256, 3, 4, 4, 16, 9, false},
+      {"ptrs_only", 1, 2, 3, 3, 16, 8, 0, 1, 1, 0, 13, false},
+      {"mask_5x7", 3, 2, 5, 7, 36, 20, 3, 2, 3, 4, 16, true},
+      // several query blocks (keys prepared once per head), whole 96-key tiles masked
+      {"mask_12x12", 3, 1, 12, 12, 32, 24, 4, 8, 8, 16, 8, true},
   };
   const BlockCase blocks[] = {
       {"b2_l70_n300_c32_heads2", 2, 70, 300, 32, 32, 2, 1},

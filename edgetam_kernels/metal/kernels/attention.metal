@@ -6,6 +6,9 @@
 // owns 2 queries. Keys stream through threadgroup memory in tiles of 32 (one key per lane for
 // the scores, then simd_max / simd_sum for the softmax), head dims in chunks of 64; the output
 // accumulators of a query are spread over its simdgroup's lanes (lane owns dims lane + 32 i).
+// An optional key mask (rope_attention's key_mask, as 0 / 1 in T, one row per batch row or
+// one shared row) gives masked keys probability exactly 0; key tiles with no valid key are
+// skipped (the same decision for the whole threadgroup); a query with no valid key writes 0.
 #include "common.h"
 
 #define ATT_NSG 4        // simdgroups per threadgroup
@@ -50,7 +53,9 @@
 #define G_FRAME 28  // tokens per key frame
 #define G_NROPE 29  // keys [0, NROPE) form the frames; later keys are never rotated
 #define G_ROUND 30  // compute dtype: ROUND_NONE / ROUND_HALF / ROUND_BF16
-#define G_LEN 31
+#define G_HAS_MASK 31  // key_mask bound (else the buffer is a dummy, never read)
+#define G_MB 32        // key_mask batch stride (0: one row for the batch)
+#define G_LEN 33
 
 // Rotate the interleaved pair (x0, x1) = dims (2p, 2p+1) at grid position (row, col): pairs
 // p < D/4 turn by col * freq[p], the others by row * freq[p - D/4]. fp32, as Meta's code.
@@ -73,6 +78,7 @@ kernel void rope_attention(
     device T* out [[buffer(5)]],
     constant long* g [[buffer(6)]],
     constant float& scale [[buffer(7)]],
+    device const T* key_mask [[buffer(8)]],
     uint3 tg [[threadgroup_position_in_grid]],
     uint tid [[thread_index_in_threadgroup]],
     uint sg [[simdgroup_index_in_threadgroup]],
@@ -90,6 +96,8 @@ kernel void rope_attention(
   device const T* vb = v + g[G_VO] + b * g[G_VB] + h * g[G_VH];
   device const T* pb = pos + b * g[G_PB] + h * g[G_PH];
   const bool has_pos = g[G_HAS_POS] != 0;
+  const bool has_mask = g[G_HAS_MASK] != 0;
+  device const T* kmb = key_mask + b * g[G_MB];
 
   // Stage this threadgroup's queries, rotated on the q grid and rounded like the reference
   // (rotation in fp32, cast back to T, then to the compute dtype).
@@ -119,6 +127,11 @@ kernel void rope_attention(
   }
 
   for (long k0 = 0; k0 < n_k; k0 += ATT_BK) {
+    if (has_mask) {  // uniform over the threadgroup: same batch row, same tile
+      bool any = false;
+      for (long t = k0; t < n_k && t < k0 + ATT_BK; ++t) any = any || float(kmb[t]) != 0.0f;
+      if (!any) continue;
+    }
     // Scores: lane j of each simdgroup computes key k0 + j against the simdgroup's queries.
     float s[ATT_QPS];
     for (int qi = 0; qi < ATT_QPS; ++qi) s[qi] = 0.0f;
@@ -160,10 +173,11 @@ kernel void rope_attention(
 
     // Online softmax, all in fp32; every lane of a simdgroup holds the same m and l.
     float alpha[ATT_QPS];
+    const bool valid = k0 + lane < n_k && (!has_mask || float(kmb[k0 + lane]) != 0.0f);
     for (int qi = 0; qi < ATT_QPS; ++qi) {
-      float score = (k0 + lane < n_k) ? s[qi] * scale : NEG_BIG;
-      float m_new = max(m[qi], simd_max(score));  // finite: key k0 exists
-      float p = precise::exp(score - m_new);
+      float score = valid ? s[qi] * scale : NEG_BIG;
+      float m_new = max(m[qi], simd_max(score));  // a real score: the tile has a valid key
+      float p = valid ? precise::exp(score - m_new) : 0.0f;
       alpha[qi] = precise::exp(m[qi] - m_new);
       l[qi] = l[qi] * alpha[qi] + simd_sum(p);
       m[qi] = m_new;
@@ -205,7 +219,9 @@ kernel void rope_attention(
     if (n >= n_q) continue;
     for (int e = 0; e < ATT_MAXDV / SIMD_WIDTH; ++e) {
       long dd = e * SIMD_WIDTH + lane;
-      if (dd < dv) ob[n * g[G_ON] + dd] = T(round_to(o[qi][e] / l[qi], round_mode));
+      // l is 0 only when every key was masked (each valid tile adds exp(0) for its max)
+      float y = l[qi] > 0.0f ? o[qi][e] / l[qi] : 0.0f;
+      if (dd < dv) ob[n * g[G_ON] + dd] = T(round_to(y, round_mode));
     }
   }
 }
@@ -215,6 +231,7 @@ template [[host_name("rope_attention_float")]] kernel void rope_attention<float>
     device const float* v [[buffer(2)]], device const float* pos [[buffer(3)]],
     device const float* freqs [[buffer(4)]], device float* out [[buffer(5)]],
     constant long* g [[buffer(6)]], constant float& scale [[buffer(7)]],
+    device const float* key_mask [[buffer(8)]],
     uint3 tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],
     uint sg [[simdgroup_index_in_threadgroup]], uint lane [[thread_index_in_simdgroup]]);
 template [[host_name("rope_attention_half")]] kernel void rope_attention<half>(
@@ -222,6 +239,7 @@ template [[host_name("rope_attention_half")]] kernel void rope_attention<half>(
     device const half* v [[buffer(2)]], device const half* pos [[buffer(3)]],
     device const float* freqs [[buffer(4)]], device half* out [[buffer(5)]],
     constant long* g [[buffer(6)]], constant float& scale [[buffer(7)]],
+    device const half* key_mask [[buffer(8)]],
     uint3 tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],
     uint sg [[simdgroup_index_in_threadgroup]], uint lane [[thread_index_in_simdgroup]]);
 #if EDGETAM_HAS_BFLOAT
@@ -230,6 +248,7 @@ template [[host_name("rope_attention_bfloat")]] kernel void rope_attention<bfloa
     device const bfloat* v [[buffer(2)]], device const bfloat* pos [[buffer(3)]],
     device const float* freqs [[buffer(4)]], device bfloat* out [[buffer(5)]],
     constant long* g [[buffer(6)]], constant float& scale [[buffer(7)]],
+    device const bfloat* key_mask [[buffer(8)]],
     uint3 tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],
     uint sg [[simdgroup_index_in_threadgroup]], uint lane [[thread_index_in_simdgroup]]);
 #endif
