@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "../dispatch.h"
+#include "../simd/convert.h"
 
 namespace {
 
@@ -74,11 +75,42 @@ int dtype_code(ScalarType t) {
   }
 }
 
-bool is_f32(const Tensor& t) {
-  return t.scalar_type() == ScalarType::Float && executorch::runtime::tensor_is_contiguous(t);
+// The perceiver kernels compute in fp32. bf16 / fp16 tensors (a model exported in that dtype)
+// are converted on the way in and out, as the torch CPU backend does (edgetam_kernels/cpu).
+bool is_float(const Tensor& t, ScalarType dtype) {
+  return t.scalar_type() == dtype && dtype_code(dtype) >= 0 &&
+         executorch::runtime::tensor_is_contiguous(t);
 }
 
-const float* fptr(const Tensor& t) { return t.const_data_ptr<float>(); }
+class Fp32 {
+ public:
+  const float* in(const Tensor& t) {
+    if (t.scalar_type() == ScalarType::Float) return t.const_data_ptr<float>();
+    const auto* src = static_cast<const uint16_t*>(t.const_data_ptr());
+    bufs_.emplace_back(size_t(t.numel()));
+    float* dst = bufs_.back().data();
+    const bool bf16 = t.scalar_type() == ScalarType::BFloat16;
+    for (ssize_t i = 0; i < t.numel(); ++i) dst[i] = bf16 ? bf16_to_f32(src[i]) : f16_to_f32(src[i]);
+    return dst;
+  }
+  // Where the kernel writes: out itself when fp32, else a buffer that finish() converts back.
+  float* out(Tensor& t) {
+    if (t.scalar_type() == ScalarType::Float) return t.mutable_data_ptr<float>();
+    out_buf_.assign(size_t(t.numel()), 0.f);
+    return out_buf_.data();
+  }
+  void finish(Tensor& t) {
+    if (t.scalar_type() == ScalarType::Float) return;
+    auto* dst = static_cast<uint16_t*>(t.mutable_data_ptr());
+    const bool bf16 = t.scalar_type() == ScalarType::BFloat16;
+    for (ssize_t i = 0; i < t.numel(); ++i)
+      dst[i] = bf16 ? f32_to_bf16(out_buf_[size_t(i)]) : f32_to_f16(out_buf_[size_t(i)]);
+  }
+
+ private:
+  std::vector<std::vector<float>> bufs_;  // moving the outer vector keeps each buffer in place
+  std::vector<float> out_buf_;
+};
 
 bool sizes_are(const Tensor& t, std::initializer_list<int64_t> s) {
   if (t.dim() != int64_t(s.size())) return false;
@@ -125,8 +157,15 @@ Tensor& rope_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Ten
   const ScalarType cd = compute_dtype.has_value() ? *compute_dtype : q.scalar_type();
   const int compute = dtype_code(cd);
   EDGETAM_CHECK(compute >= 0, "rope_attention: compute_dtype must be float32, bfloat16 or float16");
-  // TODO(keymask): pass the mask once RopeAttnArgs carries it; never ignore one.
-  EDGETAM_CHECK(!key_mask.has_value(), "rope_attention: key_mask is not supported by this kernel build");
+  if (key_mask.has_value()) {
+    const Tensor& m = *key_mask;
+    EDGETAM_CHECK(m.scalar_type() == ScalarType::Bool && m.dim() == 2 &&
+                      (m.size(0) == 1 || m.size(0) == a.B) && m.size(1) == a.Nk &&
+                      executorch::runtime::tensor_is_contiguous(m),
+                  "rope_attention: key_mask must be a contiguous bool (B or 1, Nk) tensor");
+    a.key_mask = reinterpret_cast<const uint8_t*>(m.const_data_ptr<bool>());
+    a.key_mask_bstride = m.size(0) == 1 ? 0 : a.Nk;
+  }
   const executorch::aten::SizesType out_sizes[4] = {
       executorch::aten::SizesType(a.B), executorch::aten::SizesType(a.H),
       executorch::aten::SizesType(a.Nq), executorch::aten::SizesType(a.Dv)};
@@ -155,13 +194,15 @@ Tensor& perceiver_attention_out(KernelRuntimeContext& ctx, const Tensor& latents
                                 const Tensor& ln_x_b, const Tensor& w_q, const Tensor& w_kv,
                                 const Tensor& w_out, int64_t heads, double eps,
                                 std::string_view /*backend*/, Tensor& out) {
+  const ScalarType dt = latents.scalar_type();
   for (const Tensor* t : {&latents, &x, &ln_latents_w, &ln_latents_b, &ln_x_w, &ln_x_b, &w_q,
-                          &w_kv, &w_out}) {
-    EDGETAM_CHECK(is_f32(*t), "perceiver_attention: every tensor must be contiguous float32 "
-                              "(export the model in float32)");
+                          &w_kv, &w_out, static_cast<const Tensor*>(&out)}) {
+    EDGETAM_CHECK(is_float(*t, dt), "perceiver_attention: every tensor must be contiguous, of "
+                                    "latents' dtype (float32, bfloat16 or float16)");
   }
   EDGETAM_CHECK(latents.dim() == 3 && x.dim() == 3, "perceiver_attention: latents and x must be 3-D");
   edgetam_cpu::PerceiverAttnArgs a{};
+  Fp32 f32;
   a.B = latents.size(0);
   a.L = latents.size(1);
   a.C = latents.size(2);
@@ -177,28 +218,29 @@ Tensor& perceiver_attention_out(KernelRuntimeContext& ctx, const Tensor& latents
     EDGETAM_CHECK(sizes_are(*t, {a.C}), "perceiver_attention: LayerNorm weights must be (C,)");
   if (pos.has_value()) {
     const Tensor& p = *pos;
-    EDGETAM_CHECK(is_f32(p) && p.dim() == 3 && (p.size(0) == 1 || p.size(0) == a.B) &&
+    EDGETAM_CHECK(is_float(p, dt) && p.dim() == 3 && (p.size(0) == 1 || p.size(0) == a.B) &&
                       p.size(1) == a.N && p.size(2) == a.inner,
-                  "perceiver_attention: pos must be contiguous float32 (B or 1, N, inner)");
-    a.pos = fptr(p);
+                  "perceiver_attention: pos must be contiguous (B or 1, N, inner) of latents' dtype");
+    a.pos = f32.in(p);
     a.pos_bstride = p.size(0) == 1 ? 0 : a.N * a.inner;
   }
   EDGETAM_CHECK(eps > 0, "perceiver_attention: eps must be positive");
-  EDGETAM_CHECK(executorch::runtime::resize_tensor(out, latents.sizes()) == Error::Ok && is_f32(out),
-                "perceiver_attention: out must be resizable to latents' shape, float32");
-  a.latents = fptr(latents);
-  a.x = fptr(x);
-  a.ln_lat_w = fptr(ln_latents_w);
-  a.ln_lat_b = fptr(ln_latents_b);
-  a.ln_x_w = fptr(ln_x_w);
-  a.ln_x_b = fptr(ln_x_b);
-  a.w_q = fptr(w_q);
-  a.w_kv = fptr(w_kv);
-  a.w_out = fptr(w_out);
+  EDGETAM_CHECK(executorch::runtime::resize_tensor(out, latents.sizes()) == Error::Ok,
+                "perceiver_attention: out must be resizable to latents' shape");
+  a.latents = f32.in(latents);
+  a.x = f32.in(x);
+  a.ln_lat_w = f32.in(ln_latents_w);
+  a.ln_lat_b = f32.in(ln_latents_b);
+  a.ln_x_w = f32.in(ln_x_w);
+  a.ln_x_b = f32.in(ln_x_b);
+  a.w_q = f32.in(w_q);
+  a.w_kv = f32.in(w_kv);
+  a.w_out = f32.in(w_out);
   a.heads = heads;
   a.eps = float(eps);
-  a.out = out.mutable_data_ptr<float>();
+  a.out = f32.out(out);
   edgetam_cpu::perceiver_attention(a, et_pool());
+  f32.finish(out);
   return out;
 }
 
@@ -208,37 +250,41 @@ Tensor& spatial_perceiver_out(KernelRuntimeContext& ctx, const Tensor& x, OptTen
                               int64_t depth, int64_t heads, bool use_self_attn, double eps,
                               std::optional<ScalarType> compute_dtype,
                               std::string_view /*backend*/, Tensor& out) {
-  EDGETAM_CHECK(is_f32(x) && x.dim() == 4, "spatial_perceiver: x must be contiguous float32 (B, C, H, W)");
+  const ScalarType dt = x.scalar_type();
+  EDGETAM_CHECK(is_float(x, dt) && x.dim() == 4,
+                "spatial_perceiver: x must be contiguous (B, C, H, W), float32, bfloat16 or float16");
+  EDGETAM_CHECK(is_float(out, dt), "spatial_perceiver: out must have x's dtype");
   edgetam_cpu::PerceiverArgs a{};
+  Fp32 f32;
   a.B = x.size(0);
   a.C = x.size(1);
   a.H = x.size(2);
   a.W = x.size(3);
   const int64_t N = a.H * a.W;
   EDGETAM_CHECK(N > 0 && a.C > 0 && a.B > 0, "spatial_perceiver: x must not be empty");
-  const ScalarType cd = compute_dtype.has_value() ? *compute_dtype : ScalarType::Float;
+  const ScalarType cd = compute_dtype.has_value() ? *compute_dtype : dt;
   EDGETAM_CHECK(cd == ScalarType::Float || cd == ScalarType::BFloat16 || cd == ScalarType::Half,
                 "spatial_perceiver: compute_dtype must be float32, bfloat16 or float16");
   // As the torch CPU backend: bf16 products where AMX has them, fp16 computes in fp32.
   a.compute = cd == ScalarType::BFloat16 ? edgetam_cpu::kComputeBF16 : edgetam_cpu::kComputeF32;
   if (pos.has_value()) {
     const Tensor& p = *pos;
-    EDGETAM_CHECK(is_f32(p) && p.dim() == 4 && (p.size(0) == 1 || p.size(0) == a.B) &&
+    EDGETAM_CHECK(is_float(p, dt) && p.dim() == 4 && (p.size(0) == 1 || p.size(0) == a.B) &&
                       p.size(1) == a.C && p.size(2) == a.H && p.size(3) == a.W,
-                  "spatial_perceiver: pos must be contiguous float32 (B or 1, C, H, W)");
-    a.pos = fptr(p);
+                  "spatial_perceiver: pos must be contiguous (B or 1, C, H, W) of x's dtype");
+    a.pos = f32.in(p);
     a.pos_bstride = p.size(0) == 1 ? 0 : a.C * N;
   }
   if (latents_1d.has_value()) {
-    EDGETAM_CHECK(is_f32(*latents_1d) && latents_1d->dim() == 2 && latents_1d->size(1) == a.C,
-                  "spatial_perceiver: latents_1d must be contiguous float32 (L, C)");
-    a.lat1 = fptr(*latents_1d);
+    EDGETAM_CHECK(is_float(*latents_1d, dt) && latents_1d->dim() == 2 && latents_1d->size(1) == a.C,
+                  "spatial_perceiver: latents_1d must be contiguous (L, C) of x's dtype");
+    a.lat1 = f32.in(*latents_1d);
     a.L1 = latents_1d->size(0);
   }
   if (latents_2d.has_value()) {
-    EDGETAM_CHECK(is_f32(*latents_2d) && latents_2d->dim() == 2 && latents_2d->size(1) == a.C,
-                  "spatial_perceiver: latents_2d must be contiguous float32 (L, C)");
-    a.lat2 = fptr(*latents_2d);
+    EDGETAM_CHECK(is_float(*latents_2d, dt) && latents_2d->dim() == 2 && latents_2d->size(1) == a.C,
+                  "spatial_perceiver: latents_2d must be contiguous (L, C) of x's dtype");
+    a.lat2 = f32.in(*latents_2d);
     a.L2 = latents_2d->size(0);
     int64_t nw = 0;
     while ((nw + 1) * (nw + 1) <= a.L2) ++nw;
@@ -255,8 +301,8 @@ Tensor& spatial_perceiver_out(KernelRuntimeContext& ctx, const Tensor& x, OptTen
                 "spatial_perceiver: weights must hold n_per_layer * depth tensors");
   std::vector<const float*> w(weights.size());
   for (size_t i = 0; i < weights.size(); ++i) {
-    EDGETAM_CHECK(is_f32(weights[i]), "spatial_perceiver: weights[%zu] must be contiguous float32", i);
-    w[i] = fptr(weights[i]);
+    EDGETAM_CHECK(is_float(weights[i], dt), "spatial_perceiver: weights[%zu] must be contiguous, of x's dtype", i);
+    w[i] = f32.in(weights[i]);
   }
   std::vector<int64_t> inner(depth), hidden(depth), inner_s(depth, 0), hidden_s(depth, 0);
   for (int64_t l = 0; l < depth; ++l) {
@@ -283,23 +329,25 @@ Tensor& spatial_perceiver_out(KernelRuntimeContext& ctx, const Tensor& x, OptTen
                     "spatial_perceiver: self-attention weight shapes disagree");
     }
   }
-  EDGETAM_CHECK(is_f32(norm_w) && is_f32(norm_b) && sizes_are(norm_w, {a.C}) && sizes_are(norm_b, {a.C}),
-                "spatial_perceiver: norm_w and norm_b must be float32 (C,)");
+  EDGETAM_CHECK(is_float(norm_w, dt) && is_float(norm_b, dt) && sizes_are(norm_w, {a.C}) &&
+                    sizes_are(norm_b, {a.C}),
+                "spatial_perceiver: norm_w and norm_b must be (C,) of x's dtype");
   const executorch::aten::SizesType out_sizes[3] = {executorch::aten::SizesType(a.B),
                                                      executorch::aten::SizesType(a.L1 + a.L2),
                                                      executorch::aten::SizesType(a.C)};
-  EDGETAM_CHECK(executorch::runtime::resize_tensor(out, {out_sizes, 3}) == Error::Ok && is_f32(out),
-                "spatial_perceiver: out must be resizable to (B, L1 + L2, C), float32");
-  a.x = fptr(x);
+  EDGETAM_CHECK(executorch::runtime::resize_tensor(out, {out_sizes, 3}) == Error::Ok,
+                "spatial_perceiver: out must be resizable to (B, L1 + L2, C)");
+  a.x = f32.in(x);
   a.w = w.data();
   a.inner = inner.data();
   a.hidden = hidden.data();
   a.inner_s = inner_s.data();
   a.hidden_s = hidden_s.data();
-  a.norm_w = fptr(norm_w);
-  a.norm_b = fptr(norm_b);
-  a.out = out.mutable_data_ptr<float>();
+  a.norm_w = f32.in(norm_w);
+  a.norm_b = f32.in(norm_b);
+  a.out = f32.out(out);
   edgetam_cpu::spatial_perceiver(a, et_pool());
+  f32.finish(out);
   return out;
 }
 
