@@ -45,18 +45,18 @@ class SmallOps(torch.nn.Module):
         pa += [torch.randn(c, c, generator=g) / c**0.5]
         self.pa_w = torch.nn.ParameterList(pa)
 
-    def forward(self, q, k, v, latents, x, feat):
+    def forward(self, q, k, v, latents, x, feat, key_mask):
         att = ek.rope_attention(self.proj(q), k, v, q_grid=(3, 4), k_grid=(2, 3), k_repeat=2,
-                                num_k_exclude_rope=3)
+                                num_k_exclude_rope=3, key_mask=key_mask)
         pa = ek.perceiver_attention(latents, x, None, *self.pa_w, heads=2)
         sp = ek.spatial_perceiver(feat, None, self.lat1, self.lat2, list(self.sp_w), self.norm_w,
                                   self.norm_b, depth=1, heads=2)
         return att.relu(), pa + latents, sp
 
-    def reference64(self, q, k, v, latents, x, feat):
+    def reference64(self, q, k, v, latents, x, feat, key_mask):
         p = to64(self.proj.weight), to64(self.proj.bias)
         att = reference.rope_attention(torch.nn.functional.linear(to64(q), *p), *to64((k, v)),
-                                       (3, 4), (2, 3), 2, 3)
+                                       (3, 4), (2, 3), 2, 3, key_mask=key_mask)
         pa = reference.perceiver_attention(*to64((latents, x)), None, *to64(list(self.pa_w)),
                                            heads=2)
         sp = reference.spatial_perceiver(to64(feat), None, to64(self.lat1), to64(self.lat2),
@@ -65,28 +65,36 @@ class SmallOps(torch.nn.Module):
         return att.relu(), pa + to64(latents), sp
 
 
-def _inputs(seed=1, c=32):
+def _inputs(seed=1, c=32, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    # k: 2 frames of 7 tokens (1 unrotated + a 2x3 grid) and 3 object-pointer tokens.
+    r = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
+    # k: 2 frames of 7 tokens (1 unrotated + a 2x3 grid) and 3 object-pointer tokens; the key
+    # mask drops a frame of batch row 0 and two pointers of row 1.
+    key_mask = torch.ones(2, 17, dtype=torch.bool)
+    key_mask[0, 7:14] = False
+    key_mask[1, 15:] = False
     return (r(2, 2, 12, c), r(2, 2, 17, c), r(2, 2, 17, 24), r(2, 5, c), r(2, 9, c),
-            r(2, c, 4, 4))
+            r(2, c, 4, 4), key_mask)
 
 
-@pytest.fixture(scope="module")
-def program(tmp_path_factory):
+def _export(tmp_path_factory, dtype):
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    model = SmallOps().eval()
-    args = _inputs()
+    model = SmallOps().to(dtype).eval()
+    args = _inputs(dtype=dtype)
     ep = torch.export.export(model, args)
     et = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
-    path = tmp_path_factory.mktemp("pte") / "small_ops.pte"
+    path = tmp_path_factory.mktemp("pte") / f"small_ops_{str(dtype)[6:]}.pte"
     path.write_bytes(et.buffer)
     plan = et.executorch_program.execution_plan[0]
     ops = [f"{o.name}.{o.overload}" for o in plan.operators] + [d.id for d in plan.delegates]
     return model, args, path, ops
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    return _export(tmp_path_factory, torch.float32)
 
 
 def test_program_keeps_our_ops(program):
@@ -109,6 +117,20 @@ def test_python_runtime_matches_eager(program):
         assert_close(o, r, torch.float32, f"{name}: .pte vs float64 reference")
 
 
+def test_bf16_program(tmp_path_factory):
+    """A model exported in bf16: rope_attention runs bf16, the perceivers convert to fp32."""
+    model, args, path, ops = _export(tmp_path_factory, torch.bfloat16)
+    assert all(f"edgetam::{op}.out" in ops for op in OPS), ops
+    outs = ket.runtime().load_program(path).load_method("forward").execute(list(args))
+    with torch.no_grad():
+        eager = model(*args)
+        ref = model.reference64(*args)
+    for name, o, e, r in zip(OPS, outs, eager, ref):
+        assert o.dtype == torch.bfloat16
+        assert_close(o, e, torch.bfloat16, f"{name}: bf16 .pte vs eager")
+        assert_close(o, r, torch.bfloat16, f"{name}: bf16 .pte vs float64 reference")
+
+
 def test_load_kernels_once():
     lib = ket.load_kernels()
     assert ket.load_kernels() == lib  # a second call is a no-op, not a second registration
@@ -122,7 +144,7 @@ def _run_runner(cmd, path, args, tmp_path, env=None):
     in_dir.mkdir()
     out_dir.mkdir()
     for i, a in enumerate(args):
-        a.numpy().tofile(in_dir / f"input_{i}.bin")
+        a.contiguous().reshape(-1).view(torch.uint8).numpy().tofile(in_dir / f"input_{i}.bin")
     r = subprocess.run([*cmd, str(path), str(in_dir), str(out_dir)], capture_output=True,
                        text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
