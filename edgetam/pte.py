@@ -129,9 +129,9 @@ class PteStep:
             if sizes != tuple(x.shape) or dt != _ET_DTYPE.get(x.dtype):
                 what = ("image" if i == 0 else f"state tensor {i - 1}")
                 hint = _mismatch_hint(i, sizes, dt, x)
-                raise PteError(f"{path} was exported for another model or object count: its "
-                               f"{what} is {sizes} dtype code {dt}, this tracker needs "
-                               f"{tuple(x.shape)} {x.dtype}{hint}")
+                raise PteError(f"{path} does not fit this tracker: its {what} is {sizes} "
+                               f"(dtype code {dt}), the tracker needs {tuple(x.shape)} "
+                               f"{x.dtype}{hint}")
         self.path = path
         self.method = self.program.load_method("forward")
 

@@ -179,3 +179,17 @@ def test_aarch64_runner_under_qemu(program, tmp_path):
     for name, o, e in zip(OPS, outs, eager):
         assert_close(torch.from_numpy(o).view(e.shape), e, torch.float32, f"{name}: aarch64")
 
+
+
+def test_cli_refuses_what_it_cannot_use(program, tmp_path, capsys):
+    from edgetam.cli import main
+
+    assert main(["export", "--pte", str(tmp_path / "no" / "step.pte"), "--image-size", "256"]) == 2
+    assert "folder of --pte does not exist" in capsys.readouterr().err
+    # a program that is not a tracking step (7 inputs, not image + 8 state tensors)
+    assert main(["track", "--out", str(tmp_path / "out"), "--frames", "2", "--image-size", "256",
+                 "--pte", str(program[2]), "--no-progress"]) == 2
+    assert "not a step of this tracker" in capsys.readouterr().err
+    assert main(["track", "--out", str(tmp_path / "out2"), "--frames", "2", "--pte",
+                 str(program[2]), "--device", "meta"]) == 2
+    assert "--pte runs on the CPU" in capsys.readouterr().err
