@@ -28,6 +28,10 @@ import warnings
 from typing import List, Optional, Sequence, Tuple
 
 
+# the dtypes a .pte can hold (export --dtype, track --pte --dtype)
+PROGRAM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
@@ -67,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "once, then cached); without it the weights are random")
     t.add_argument("--out", required=True,
                    help="output folder (must not exist or be empty; missing parents are created)")
-    t.add_argument("--image-size", type=int, default=1024, choices=(512, 768, 1024),
+    t.add_argument("--image-size", type=int, default=1024, choices=(256, 512, 768, 1024),
                    help="model input size (1024 is EdgeTAM's own; 512 is ~4x faster)")
     t.add_argument("--frames", type=int, default=None,
                    help="process at most N frames (synthetic clip: its length, default 8)")
@@ -85,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "oversubscribed threads slow every step down many times over")
     t.add_argument("--seed", type=int, default=0, help="seed for random weights")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--pte", help="track with this ExecuTorch program of the step (from "
+                   "`python -m edgetam export --pte`; same --checkpoint, --image-size and "
+                   "--dtype, which then names the program's dtype: fp32, bf16 or fp16) instead "
+                   "of eager PyTorch")
+    e = sub.add_parser("export", help="export the tracking step as an ExecuTorch program (.pte)")
+    e.add_argument("--pte", required=True, help="output .pte file (written atomically)")
+    e.add_argument("--checkpoint", help="Meta's edgetam.pt or Hugging Face's EdgeTAM (folder or "
+                   "hub id); without it the weights are random")
+    e.add_argument("--image-size", type=int, default=1024, choices=(256, 512, 768, 1024),
+                   help="model input size the program is fixed to")
+    e.add_argument("--dtype", default="fp32", choices=tuple(PROGRAM_DTYPES),
+                   help="the program's dtype (weights and activations)")
+    e.add_argument("--objects", type=int, default=1,
+                   help="number of objects the program tracks at once (its state's rows)")
+    e.add_argument("--seed", type=int, default=0, help="seed for random weights")
     return p
 
 
@@ -135,19 +154,30 @@ def _choose_threads(spec: str) -> int:
     return max(1, min(default, idle))
 
 
-def _load_model(args):
-    """The model the options ask for, on the library's fast paths; (model, CPU threads)."""
+def _load_model(args, patch: bool = True):
+    """The model for `track` and `export`: (model, CPU threads, dtype name). Eager tracking
+    runs float32 weights with --dtype as the compute precision (the precision policy's choice,
+    warning once where it falls back) on the library's fast paths; a .pte (export, track --pte)
+    holds the model in --dtype itself. The same --seed gives the same random weights, so a .pte
+    exported without --checkpoint matches `track --pte` without one."""
     import torch
 
     import edgetam
     import edgetam_kernels
-
-    threads = _choose_threads(str(args.threads))
-    torch.set_num_threads(threads)
     from edgetam_kernels import precision
 
-    dtype = precision.resolve(args.dtype, args.device)  # warns (once) where it falls back
-    dtype_name = str(dtype or torch.float32).replace("torch.", "")
+    threads = _choose_threads(str(getattr(args, "threads", "auto")))
+    torch.set_num_threads(threads)
+    device = getattr(args, "device", "cpu")
+    program = args.command == "export" or getattr(args, "pte", None) is not None
+    if program:
+        if args.dtype not in PROGRAM_DTYPES:
+            raise CliError(f"--dtype {args.dtype}: a .pte holds one of "
+                           f"{', '.join(PROGRAM_DTYPES)}; give the one it was exported in")
+        compute, dtype_name = None, PROGRAM_DTYPES[args.dtype]
+    else:
+        compute = precision.resolve(args.dtype, device)  # warns (once) where it falls back
+        dtype_name = str(compute or torch.float32).replace("torch.", "")
     torch.manual_seed(args.seed)
     if args.checkpoint is None:
         print("NOTE: no --checkpoint given: the weights are RANDOM, so the masks are meaningless; "
@@ -155,17 +185,21 @@ def _load_model(args):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            model = edgetam.load(args.checkpoint, image_size=args.image_size, device=args.device,
-                                 backend=args.backend, fuse=True, compute_dtype=dtype)
+            model = edgetam.load(args.checkpoint, image_size=args.image_size, device=device,
+                                 backend=getattr(args, "backend", "auto"), fuse=True,
+                                 compute_dtype=compute)
     except edgetam.CheckpointError as e:
         raise CliError(str(e)) from e
-    # the fused model's encoder on the library's fast paths too (on CPU: channels-last convs,
-    # the MLPs' GELU and residual fused into oneDNN convolutions; docs/patch.md)
-    edgetam_kernels.patch(model, backend=args.backend, compute_dtype=dtype)
     if args.checkpoint is None:
         # random weights predict "no object": bias the object score so masks flow into memory
         with torch.no_grad():
             model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(5.0)
+    if program:
+        return model.to(dtype=getattr(torch, dtype_name)), threads, dtype_name
+    if patch:
+        # the fused model's encoder on the library's fast paths too (on CPU: channels-last
+        # convs, the MLPs' GELU and residual fused into oneDNN convolutions; docs/patch.md)
+        edgetam_kernels.patch(model, backend=args.backend, compute_dtype=compute)
     return model, threads, dtype_name
 
 
@@ -192,10 +226,89 @@ def _prompt_kwargs(points, box) -> dict:
                 box=None if box is None else list(box))
 
 
-def track(args) -> dict:
-    import numpy as np
-
+def _track_eager(model, inputs, n_frames: int, points, args):
+    """VideoPredictor over the clip: (masks, per-frame ms, prompt ms)."""
     import edgetam
+
+    predictor = edgetam.VideoPredictor(model)
+    state = predictor.init_state(inputs)
+
+    t0 = time.perf_counter()
+    try:
+        predictor.add_new_points_or_box(state, 0, 1, **_prompt_kwargs(points, args.box))
+    except (ValueError, TypeError) as e:
+        raise CliError(f"bad prompt: {e}") from e
+    prompt_ms = (time.perf_counter() - t0) * 1e3
+
+    masks: list = [None] * n_frames
+    times: List[float] = []
+    bar = _progress(predictor.propagate_in_video(state), n_frames, not args.no_progress)
+    t_prev = time.perf_counter()
+    for frame_idx, _, logits in bar:
+        now = time.perf_counter()
+        times.append((now - t_prev) * 1e3)
+        masks[frame_idx] = (logits[0, 0] > 0).cpu().numpy()
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{times[-1]:.0f} ms/frame")
+        t_prev = time.perf_counter()
+    return masks, times, prompt_ms
+
+
+def _track_pte(model, frames, points, args):
+    """Frame 0 prompted eagerly, every later frame through the .pte (edgetam.pte.PteTracker)."""
+    from edgetam import pte
+    from edgetam_kernels.executorch import ExecuTorchUnavailable
+
+    try:
+        tracker = pte.PteTracker(model, args.pte, num_objects=1)
+    except (pte.PteError, ExecuTorchUnavailable) as e:
+        raise CliError(str(e)) from e
+    t0 = time.perf_counter()
+    try:
+        res = tracker.add(frames[0], 1, **_prompt_kwargs(points, args.box))
+    except (ValueError, TypeError) as e:
+        raise CliError(f"bad prompt: {e}") from e
+    prompt_ms = (time.perf_counter() - t0) * 1e3
+    masks = [(res.mask_logits[0, 0] > 0).cpu().numpy()]
+    times = [prompt_ms]
+    bar = _progress(frames[1:], len(frames) - 1, not args.no_progress)
+    for f in bar:
+        t = time.perf_counter()
+        res = tracker.track(f)
+        times.append((time.perf_counter() - t) * 1e3)
+        masks.append((res.mask_logits[0, 0] > 0).cpu().numpy())
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{times[-1]:.0f} ms/frame")
+    return masks, times, prompt_ms
+
+
+def export(args) -> dict:
+    """`python -m edgetam export --pte FILE`: the tracking step as an ExecuTorch program."""
+    from edgetam import pte
+
+    if args.objects < 1:
+        raise CliError(f"--objects must be >= 1, got {args.objects}")
+    out = os.path.abspath(args.pte)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise CliError(f"the folder of --pte does not exist: {os.path.dirname(out)}")
+    if os.path.isdir(out):
+        raise CliError(f"--pte {out} is a folder; give a file name")
+    model, _, _ = _load_model(args)
+    t0 = time.perf_counter()
+    print(f"edgetam: exporting the tracking step ({args.objects} object(s), image size "
+          f"{args.image_size}, {args.dtype}); lowering takes minutes", file=sys.stderr)
+    try:
+        info = pte.export_step(model, out, num_objects=args.objects)
+    except pte.PteError as e:
+        raise CliError(str(e)) from e
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"wrote {out}: {info['bytes'] / 1e6:.1f} MB, fused ops kept: "
+          f"{', '.join(info['fused_ops'])}; {info['xnnpack_partitions']} XNNPACK partitions; "
+          f"{info['seconds']} s")
+    return info
+
+
+def track(args) -> dict:
     from edgetam import video_io
     from edgetam.predictor import Frames
 
@@ -222,32 +335,17 @@ def track(args) -> dict:
         if points is None and args.box is None:
             raise CliError("give the object to track on frame 0: --point X,Y or --box X0,Y0,X1,Y1")
 
+    if args.pte is not None and args.device != "cpu":
+        raise CliError(f"--pte runs on the CPU (ExecuTorch); got --device {args.device}")
     model, threads, dtype_name = _load_model(args)
-    predictor = edgetam.VideoPredictor(model)
+    engine = f"ExecuTorch program {args.pte}" if args.pte else f"backend {args.backend}"
     print(f"edgetam: {source}, image size {args.image_size}, device {args.device}, "
-          f"backend {args.backend}, compute {dtype_name} (--dtype {args.dtype}), "
-          f"{threads} CPU thread(s)", file=sys.stderr)
-
-    state = predictor.init_state(inputs)
-
-    t0 = time.perf_counter()
-    try:
-        predictor.add_new_points_or_box(state, 0, 1, **_prompt_kwargs(points, args.box))
-    except (ValueError, TypeError) as e:
-        raise CliError(f"bad prompt: {e}") from e
-    prompt_ms = (time.perf_counter() - t0) * 1e3
-
-    masks: List[np.ndarray] = [None] * len(frames)
-    times: List[float] = []
-    bar = _progress(predictor.propagate_in_video(state), len(frames), not args.no_progress)
-    t_prev = time.perf_counter()
-    for frame_idx, _, logits in bar:
-        now = time.perf_counter()
-        times.append((now - t_prev) * 1e3)
-        masks[frame_idx] = (logits[0, 0] > 0).cpu().numpy()
-        if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(f"{times[-1]:.0f} ms/frame")
-        t_prev = time.perf_counter()
+          f"{engine}, compute {dtype_name} (--dtype {args.dtype}), {threads} CPU thread(s)",
+          file=sys.stderr)
+    if args.pte:  # every tracked frame through the program (frames resized as the Tracker does)
+        masks, times, prompt_ms = _track_pte(model, frames, points, args)
+    else:
+        masks, times, prompt_ms = _track_eager(model, inputs, len(frames), points, args)
 
     # frame 0 comes from the prompt step (plus its memory encoding at the first yield);
     # tracked frames are the ones that run the full step: encoder, memory attention, decoder.
@@ -255,7 +353,7 @@ def track(args) -> dict:
     per_frame = sum(tracked) / len(tracked)
     summary = {
         "source": source, "image_size": args.image_size, "device": args.device,
-        "backend": args.backend, "dtype": args.dtype, "compute_dtype": dtype_name,
+        "backend": args.backend, "pte": args.pte, "dtype": args.dtype, "compute_dtype": dtype_name,
         "threads": threads, "random_weights": args.checkpoint is None,
         "frames": len(frames), "prompt_ms": round(prompt_ms, 2),
         "frame_ms": [round(t, 2) for t in times], "mean_tracked_frame_ms": round(per_frame, 2),
@@ -401,6 +499,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     return 1
             else:
                 track(args)
+        elif args.command == "export":
+            export(args)
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,6 +30,9 @@ $PY -m pip install -q hydra-core iopath pillow av pyyaml safetensors huggingface
 # What Meta's predictor reads and post-processes with: OpenCV (without it Meta silently skips
 # hole filling) and decord (its mp4 reader); the tests that compare with Meta on a path need them.
 $PY -m pip install -q opencv-python-headless decord
+# ExecuTorch (the .pte path, docs/phones.md): 1.5.1 is built against torch 2.13.0 and does not
+# list torch, so it never replaces the pinned CPU torch; cmake >= 3.28 builds our kernel library.
+$PY -m pip install -q executorch==1.5.1 "cmake>=3.28"
 # The package itself (builds the C++ CPU extension when a compiler is present).
 $PY -m pip install -q --no-build-isolation -e .
 $PY -m edgetam_kernels info
