@@ -141,7 +141,7 @@ class EdgeTAM(nn.Module):
         else:
             low_res = masks
         obj_ptr = self.obj_ptr_proj(token)
-        lam = present.float()
+        lam = present.to(obj_ptr.dtype)
         obj_ptr = lam * obj_ptr + (1 - lam) * self.no_obj_ptr
         return low_res, high, ious, obj_ptr, obj_score
 
