@@ -286,39 +286,28 @@ class PredictorBefore(Predictor):
 
 
 class Tracker(Runner):
-    """`autocast=True`: a float32 model under bf16 / fp16 autocast (no weight cache, which a
-    CUDA graph capture cannot keep) instead of Tracker(dtype=...)."""
+    """edgetam.Tracker with the model's weights in the runner's dtype (Tracker(dtype=...))."""
 
     name = "tracker"
 
     def build(self):
         from edgetam.tracker import Tracker as T
 
-        self.autocast = self.options.get("autocast", False) and self.dtype != torch.float32
         model = _our_model(__import__("edgetam"), self.size, self.device, torch.float32)
-        self.tracker = T(model, device=self.device,
-                         dtype=None if self.autocast else self.dtype,
+        self.tracker = T(model, device=self.device, dtype=self.dtype,
                          graph=self.options.get("graph", "auto"))
         self.frames = uint8_frames(self.size).to(self.device)
-
-    def precision(self):
-        if not self.autocast:
-            return contextlib.nullcontext()
-        return torch.autocast(torch.device(self.device).type, dtype=self.dtype,
-                              cache_enabled=False)
 
     def start(self, num_objects=1):
         self.tracker.reset()
         ids = list(range(1, num_objects + 1))
-        with self.precision():
-            self.tracker.add(self.frames[0], ids,
-                             points=[[p] for p in prompt_points(self.size, num_objects)],
-                             labels=[[1]] * num_objects)
+        self.tracker.add(self.frames[0], ids,
+                         points=[[p] for p in prompt_points(self.size, num_objects)],
+                         labels=[[1]] * num_objects)
         self.t = 1
 
     def next(self):
-        with self.precision():
-            res = self.tracker.track(self.frames[self.t % RING])
+        res = self.tracker.track(self.frames[self.t % RING])
         self.t += 1
         return res.mask_logits
 
@@ -334,7 +323,7 @@ class Step(Tracker):
         self.inputs = self.tracker.step_inputs()
 
     def next(self):
-        with torch.no_grad(), self.precision():
+        with torch.no_grad():
             masks, scores, *state = self.tracker.step(*self.inputs)
         self.inputs = (self.inputs[0], *state)
         return masks

@@ -11,13 +11,12 @@
                   (1024, bf16: the headline comparison), --compile-all for every group
 
 then GPU memory after 500 frames (1024, 1 object, bf16). Random weights, object score forced
-positive (bench/frame_runners.py). bf16: our Tracker runs the model in bfloat16 (dtype=); where
-that fails, the case is rerun on a float32 model under bf16 autocast and its cell is marked
-"(ac)" (the failure is listed under Errors). Meta's and HF's run under bf16 autocast, as their
-demos do. FPS = timed frames / wall time,
-device synchronised at both ends, after warm-up frames (graph capture, compilation). Cases run
-in priority order (the 1024 / bf16 / 1-object headline first) and are skipped once --budget
-seconds are spent; results are rewritten after every case, so a run cut short keeps them.
+positive (bench/frame_runners.py). bf16: our Tracker runs the model's weights in bfloat16
+(Tracker(dtype=torch.bfloat16)); Meta's and HF's run under bf16 autocast, as their demos do.
+FPS = timed frames / wall time, device synchronised at both ends, after warm-up frames (graph
+capture, compilation). Cases run in priority order (the 1024 / bf16 / 1-object headline first)
+and are skipped once --budget seconds are spent; results are rewritten after every case, so a
+run cut short keeps them.
 
     python bench/gpu_tracker.py --out DIR [--budget 360]
     python bench/gpu_tracker.py --smoke --out /tmp/x    # CPU, 256x256, a few frames: no crash
@@ -77,7 +76,6 @@ class Bench:
         self.device = "cuda" if torch.cuda.is_available() and not a.smoke else "cpu"
         self.t0 = time.time()
         self.runners = {}
-        self.needs_autocast = set()  # (impl, size, precision) where Tracker(dtype=) failed
         self.rows, self.memory, self.skipped, self.errors = [], [], [], []
         self.stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
@@ -90,15 +88,14 @@ class Bench:
         if self.device == "cuda":
             torch.cuda.synchronize()
 
-    def runner(self, impl, size, precision, autocast=False):
-        key = (impl, size, precision, autocast)
+    def runner(self, impl, size, precision):
+        key = (impl, size, precision)
         if key not in self.runners:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             name, _, variant = impl.partition(":")
             kw = {}
             if name == "tracker":
                 kw["graph"] = "auto" if variant == "graph" else False
-                kw["autocast"] = autocast
             if impl == "meta+compile":
                 name, kw = "meta", {"compile": True}
             self.runners[key] = R.RUNNERS[name](size=size, device=self.device, dtype=dtype,
@@ -108,25 +105,7 @@ class Bench:
     # --- cases --------------------------------------------------------------------------------
 
     def fps_case(self, impl, size, precision, objects):
-        if (impl, size, precision) in self.needs_autocast:
-            row = self._fps_case(impl, size, precision, objects, True)
-            row["via"] = "autocast"
-            return row
-        try:
-            return self._fps_case(impl, size, precision, objects, False)
-        except Exception as e:  # noqa: BLE001 - recorded, then the autocast variant is tried
-            if not (impl.startswith("tracker") and precision != "fp32"):
-                raise
-            self.needs_autocast.add((impl, size, precision))
-            self.errors.append({"case": f"fps {impl} {size} {precision} {objects}obj "
-                                        f"with Tracker(dtype=)", "error": f"{type(e).__name__}: {e}",
-                                "trace": traceback.format_exc()[-2000:]})
-            row = self._fps_case(impl, size, precision, objects, True)
-            row["via"] = "autocast"
-            return row
-
-    def _fps_case(self, impl, size, precision, objects, autocast):
-        r = self.runner(impl, size, precision, autocast)
+        r = self.runner(impl, size, precision)
         with torch.inference_mode():
             r.start(num_objects=objects)
             for _ in range(self.a.warm):
@@ -145,7 +124,7 @@ class Bench:
                 "frames": n, "fps": n / wall, "ms_per_frame": wall / n * 1e3}
 
     def memory_case(self, impl, size, precision):
-        r = self.runner(impl, size, precision, (impl, size, precision) in self.needs_autocast)
+        r = self.runner(impl, size, precision)
         cuda = self.device == "cuda"
         r.stop()
         with torch.inference_mode():
@@ -240,12 +219,10 @@ class Bench:
         for r in self.rows:
             groups.setdefault((r["size"], r["precision"], r["objects"]), {})[r["impl"]] = r
         for (size, prec, n), by in groups.items():
-            cells = [f"{by[i]['fps']:.1f}" + (" (ac)" if by[i].get("via") else "")
-                     if i in by else "-" for i in IMPLS]
+            cells = [f"{by[i]['fps']:.1f}" if i in by else "-" for i in IMPLS]
             lines.append(f"| {size} | {prec} | {n} | " + " | ".join(cells) + " |")
         lines += ["", "FPS (frames per second, higher is better); '-': not run (budget, error "
-                  "or not asked); '(ac)': our model in float32 under bf16 autocast because "
-                  "Tracker(dtype=bfloat16) failed (see Errors)."]
+                  "or not asked)."]
         head = groups.get((1024, "bf16", 1), {})
         if "tracker:graph" in head:
             fps = head["tracker:graph"]["fps"]

@@ -80,10 +80,14 @@ class RandomPositionEncoding(nn.Module):
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_feats))
 
     def encode(self, coords: Tensor) -> Tensor:
-        """coords in [0, 1], (..., 2) as (x, y) -> (..., 2 * num_feats)."""
-        coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
+        """coords in [0, 1], (..., 2) as (x, y) -> (..., 2 * num_feats) in the buffer's dtype.
+
+        The phases are computed in fp32 whatever the model's dtype (bf16 keeps 8 bits: a phase
+        of ~10 radians would be off by up to ~0.04 before the sine)."""
+        gauss = self.positional_encoding_gaussian_matrix
+        coords = (2 * coords.float() - 1) @ gauss.float()
         coords = 2 * math.pi * coords
-        return torch.cat([coords.sin(), coords.cos()], dim=-1)
+        return torch.cat([coords.sin(), coords.cos()], dim=-1).to(gauss.dtype)
 
     def grid(self, size: Tuple[int, int]) -> Tensor:
         """Encoding of every cell centre of an (h, w) grid: (C, h, w)."""

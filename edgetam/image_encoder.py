@@ -39,7 +39,9 @@ class FpnNeck(nn.Module):
             lateral = self.convs[n - i](xs[i])
             if i in self.top_down_levels and prev is not None:
                 up = F.interpolate(prev.to(torch.float32), scale_factor=2.0, mode="nearest")
-                prev = lateral + up
+                # back to the weights' dtype (nearest is exact): a bf16 model stays bf16, an
+                # fp32 one under autocast keeps Meta's fp32 sum
+                prev = lateral + up.to(self.convs[n - i].conv.weight.dtype)
             else:
                 prev = lateral
             out[i] = prev

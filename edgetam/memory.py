@@ -86,6 +86,8 @@ class MemoryEncoder(nn.Module):
         self.out_proj = nn.Conv2d(in_dim, out_dim, kernel_size=1)
 
     def forward(self, pix_feat: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
+        # the mask logits come in fp32 (the heads' output dtype); the convs take the weights'
+        masks = masks.to(self.pix_feat_proj.weight.dtype)
         x = self.pix_feat_proj(pix_feat) + self.mask_downsampler(masks)
         x = self.out_proj(self.fuser(x))
         b, c, h, w = x.shape

@@ -141,7 +141,7 @@ class EdgeTAM(nn.Module):
         else:
             low_res = masks
         obj_ptr = self.obj_ptr_proj(token)
-        lam = present.float()
+        lam = present.to(obj_ptr.dtype)
         obj_ptr = lam * obj_ptr + (1 - lam) * self.no_obj_ptr
         return low_res, high, ious, obj_ptr, obj_score
 
@@ -153,8 +153,8 @@ class EdgeTAM(nn.Module):
         low = F.interpolate(high, size=(high.shape[-2] // 4, high.shape[-1] // 4),
                             mode="bilinear", align_corners=False, antialias=True)
         ious = m.new_ones(m.shape[0], 1)
-        _, _, _, obj_ptr, _ = self.sam_heads(pix_feat, high_res,
-                                             mask_inputs=self.mask_downsample(m))
+        small = self.mask_downsample(m.to(self.mask_downsample.weight.dtype))
+        _, _, _, obj_ptr, _ = self.sam_heads(pix_feat, high_res, mask_inputs=small)
         present = torch.any(m.flatten(1) > 0.0, dim=1)[..., None].float()
         obj_score = scale * present + bias
         obj_ptr = present * obj_ptr + (1 - present) * self.no_obj_ptr

@@ -66,7 +66,7 @@ class PromptEncoder(nn.Module):
             sparse = torch.empty((batch, 0, self.embed_dim),
                                  device=self.no_mask_embed.weight.device)
         if masks is not None:
-            dense = self.mask_downscaling(masks)
+            dense = self.mask_downscaling(masks.to(self.no_mask_embed.weight.dtype))
         else:
             h, w = self.image_embedding_size
             dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)

@@ -282,7 +282,8 @@ class Tracker:
                 raise ValueError(f"mask must be (H, W) = ({h}, {w}) for one object or "
                                  f"({n}, {h}, {w}) for {n}, got shape {tuple(m.shape)}")
             s = self.model.image_size
-            m = m.to(self.model.device, torch.bool).to(self.model.no_obj_ptr.dtype)[:, None]
+            # float32 whatever the model's dtype: the heads read a mask prompt as fp32
+            m = m.to(self.model.device, torch.bool).float()[:, None]
             if m.shape[-2:] != (s, s):  # as Meta's add_new_mask
                 m = F.interpolate(m, size=(s, s), mode="bilinear", align_corners=False,
                                   antialias=True)

@@ -11,7 +11,8 @@ ExecuTorch take):
   validity masks). `new_state` has exactly the shapes and dtypes of `state`, in the same order,
   so a runner feeds the outputs back as the next inputs.
 - mask_logits: (N, 1, S/4, S/4) float32 low-resolution logits (small holes filled, as Meta's
-  predictor outputs them); scores: (N, 1) object-presence logits.
+  predictor outputs them); scores: (N, 1) float32 object-presence logits, whatever the model's
+  dtype (a bf16 / fp16 model computes in its dtype; the state keeps its layout's dtypes).
 
 Inside there is no `.item()`, `.cpu()`, `nonzero` or Python branch on a tensor's value: the ring
 slot to write and every slot's temporal encoding come from `frame_idx` through tensor ops, and
@@ -120,7 +121,7 @@ class TrackStep(_Features):
         ptr = torch.where(at_p[None, :, None], obj_ptr.to(ptr.dtype)[:, None], ptr)
         ptr_valid = ptr_valid | at_p[None]
         # unchanged slots come back as copies: outputs never alias inputs (graphs, ExecuTorch)
-        return (masks, score, t + 1, cond_mem.clone(), cond_ptr.clone(), cond_valid.clone(),
+        return (masks, score.float(), t + 1, cond_mem.clone(), cond_ptr.clone(), cond_valid.clone(),
                 recent_mem, recent_valid, ptr, ptr_valid)
 
 
@@ -161,7 +162,7 @@ class PromptStep(_Features):
         s = m.image_size
         high = F.interpolate(masks, size=(s, s), mode="bilinear", align_corners=False)
         mem, _ = m.encode_memory(self._pix(vision, masks.shape[0]), high, is_mask_from_pts=True)
-        return masks, score, obj_ptr, mem
+        return masks, score.float(), obj_ptr, mem
 
 
 def step_example_inputs(step: TrackStep, num_objects: int = 1, seed: int = 0
