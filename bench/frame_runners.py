@@ -113,7 +113,7 @@ class Meta(Runner):
     name = "meta"
 
     def build(self):
-        import _models as M
+        from edgetam_kernels.testing import hosts as M
         from edgetam import _meta
 
         import sam2.sam2_video_predictor as svp
@@ -177,7 +177,7 @@ class HF(Runner):
     name = "hf"
 
     def build(self):
-        import _models as M
+        from edgetam_kernels.testing import hosts as M
 
         self.M = M
         self.model = M.hf_model(self.size).to(self.device)
@@ -221,6 +221,11 @@ def load_edgetam_at(ref: str):
             fh.write(subprocess.run(["git", "-C", ROOT, "show", f"{ref}:{path}"], check=True,
                                     capture_output=True).stdout)
     sys.path.insert(0, root)
+    # the old package imports the library's building blocks from their old private name
+    # (edgetam_kernels._adapters_common, now the public edgetam_kernels.layers)
+    import edgetam_kernels.layers
+
+    sys.modules.setdefault("edgetam_kernels._adapters_common", edgetam_kernels.layers)
     return importlib.import_module(name)
 
 
