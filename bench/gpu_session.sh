@@ -5,7 +5,7 @@
 # bf16; GPU memory after 500 frames), then the Triton kernel checks (gpu_check.py) with the time
 # left. Results and logs go to $OUT (the device tool's folder) or bench/results.
 #   bash bench/gpu_session.sh                    # on the GPU machine
-#   python3 bench/gpu_tracker.py --smoke --out /tmp/x   # CPU check that the tracker bench runs
+#   python3 bench/gpu_tracker.py --smoke --out out/gpu_smoke   # CPU check that the tracker bench runs
 # Python packages the GPU machine lacks (sam2 = edgetam-dimos and its hydra/iopath deps, a newer
 # transformers) travel as wheels in .whl/ (see docs/triton.md, "On a lent GPU").
 set -u

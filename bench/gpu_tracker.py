@@ -19,7 +19,7 @@ and are skipped once --budget seconds are spent; results are rewritten after eve
 run cut short keeps them.
 
     python bench/gpu_tracker.py --out DIR [--budget 360]
-    python bench/gpu_tracker.py --smoke --out /tmp/x    # CPU, 256x256, a few frames: no crash
+    python bench/gpu_tracker.py --smoke --out out/gpu_smoke    # CPU, 256x256, a few frames: no crash
 """
 
 from __future__ import annotations
