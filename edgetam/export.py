@@ -22,21 +22,23 @@ import torch
 from torch import Tensor
 
 from .model import EdgeTAM
-from .tracker_state import StateLayout
+from .tracker_state import DEFAULT_MAX_COND_FRAMES, StateLayout
 from .tracker_step import PromptStep, TrackStep, step_example_inputs
 
 
-def track_step(model: EdgeTAM, max_cond_frames: int = 2, fill_hole_area: int = 8) -> TrackStep:
+def track_step(model: EdgeTAM, max_cond_frames: int = DEFAULT_MAX_COND_FRAMES,
+               fill_hole_area: int = 8) -> TrackStep:
     return TrackStep(model.eval(), StateLayout.for_model(model, max_cond_frames), fill_hole_area)
 
 
-def example_inputs(model: EdgeTAM, num_objects: int = 1, max_cond_frames: int = 2
-                   ) -> List[Tensor]:
+def example_inputs(model: EdgeTAM, num_objects: int = 1,
+                   max_cond_frames: int = DEFAULT_MAX_COND_FRAMES) -> List[Tensor]:
     """(image, *state) with every slot filled, random values."""
     return step_example_inputs(track_step(model, max_cond_frames), num_objects)
 
 
-def export_track_step(model: EdgeTAM, num_objects: int = 1, max_cond_frames: int = 2):
+def export_track_step(model: EdgeTAM, num_objects: int = 1,
+                      max_cond_frames: int = DEFAULT_MAX_COND_FRAMES):
     """torch.export.export of `TrackStep` for `num_objects` rows (static shapes)."""
     step = track_step(model, max_cond_frames)
     with torch.no_grad():

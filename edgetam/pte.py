@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .model import EdgeTAM
 from .tracker import Tracker
+from .tracker_state import DEFAULT_MAX_COND_FRAMES
 from .tracker_step import step_example_inputs
 
 OUR_OPS = ("rope_attention", "perceiver_attention", "spatial_perceiver")
@@ -54,7 +55,7 @@ def _lower(ep):
 
 
 def export_step(model: EdgeTAM, path: os.PathLike, *, num_objects: int = 1,
-                max_cond_frames: int = 4) -> Dict:
+                max_cond_frames: int = DEFAULT_MAX_COND_FRAMES) -> Dict:
     """torch.export of the tracking step for `num_objects` objects, lowered with XNNPACK, written
     atomically to `path`. Returns a summary (bytes, operators, delegated partitions)."""
     if num_objects < 1:
@@ -157,7 +158,7 @@ class PteTracker(Tracker):
     prompt path is not in the program). Tracks exactly the .pte's number of objects."""
 
     def __init__(self, model: EdgeTAM, pte: os.PathLike, *, num_objects: int = 1,
-                 max_cond_frames: int = 4, **kwargs) -> None:
+                 max_cond_frames: int = DEFAULT_MAX_COND_FRAMES, **kwargs) -> None:
         super().__init__(model, graph=False, max_cond_frames=max_cond_frames, **kwargs)
         self.num_objects = int(num_objects)
         self.pte = PteStep(pte, step_inputs(self, self.num_objects))

@@ -30,6 +30,9 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
+# conditioning frames kept per object unless asked otherwise: the first and the latest prompted
+DEFAULT_MAX_COND_FRAMES = 2
+
 STATE_NAMES = ("frame_idx", "cond_mem", "cond_ptr", "cond_valid", "recent_mem", "recent_valid",
                "ptr", "ptr_valid")
 
@@ -38,7 +41,7 @@ STATE_NAMES = ("frame_idx", "cond_mem", "cond_ptr", "cond_valid", "recent_mem", 
 class StateLayout:
     """Sizes of the bank; `num_objects` is the number of rows."""
 
-    max_cond_frames: int = 2
+    max_cond_frames: int = DEFAULT_MAX_COND_FRAMES
     num_recent: int = 6
     num_ptrs: int = 15
     mem_tokens: int = 512
@@ -52,7 +55,7 @@ class StateLayout:
             raise ValueError(f"max_cond_frames must be >= 1, got {self.max_cond_frames}")
 
     @classmethod
-    def for_model(cls, model, max_cond_frames: int = 2) -> "StateLayout":
+    def for_model(cls, model, max_cond_frames: int = DEFAULT_MAX_COND_FRAMES) -> "StateLayout":
         """The bank an EdgeTAM model reads: Meta's windows (num_maskmem - 1 recent frames,
         max_obj_ptrs_in_encoder - 1 recent pointers) and its memory / pointer widths."""
         return cls(max_cond_frames=int(max_cond_frames), num_recent=model.num_maskmem - 1,
