@@ -71,10 +71,8 @@ def run_video_predictor(model, frames, click, warmup):
     return _time_generator(pred.propagate_in_video(state), warmup)
 
 
-def run_tracker(model, frames, click, warmup, compile_step=False):
-    tr = edgetam.Tracker(model)
-    if compile_step:
-        tr.step = torch.compile(tr.step, fullgraph=True)
+def run_tracker(tr, frames, click, warmup):
+    tr.reset()  # one Tracker per variant for every round: a compiled step compiles once
     tr.add(frames[0], 1, points=[click], labels=[1])
     times = []
     for t in range(1, len(frames)):
@@ -93,26 +91,38 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true",
-                    help="also time the Tracker with torch.compile(step, fullgraph=True)")
+                    help="also time Tracker(compile=True): torch.compile(step, fullgraph=True); "
+                         "compiles once per size, untimed (--warmup frames cover it)")
+    ap.add_argument("--fast", action="store_true",
+                    help="our model as the CLI runs it: BatchNorms folded (fuse_) and "
+                         "edgetam_kernels.patch (Meta's stays as Meta ships it)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     frames, centre = video_io.synthetic_clip(args.frames)
     click = list(centre)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.frames} frames (timed from {args.warmup}), {args.rounds} rounds, 1 object")
+          f"{args.frames} frames (timed from {args.warmup}), {args.rounds} rounds, 1 object, "
+          f"ours {'fused + patched' if args.fast else 'as loaded'}")
     for size in args.sizes:
         meta = _meta.build_meta_video_predictor(size)
         _meta.randomize_(meta)
         ours = edgetam.load(meta.state_dict(), image_size=size)
+        if args.fast:
+            import edgetam_kernels
+
+            edgetam_kernels.patch(ours.fuse_())
         runs = {"meta": lambda: run_meta(meta, frames, size, click, args.warmup),
                 "VideoPredictor": lambda: run_video_predictor(ours, frames, click, args.warmup),
-                "Tracker": lambda: run_tracker(ours, frames, click, args.warmup)}
+                "Tracker": lambda tr=edgetam.Tracker(ours): run_tracker(tr, frames, click,
+                                                                         args.warmup)}
         if args.compile:
-            runs["Tracker+compile"] = lambda: run_tracker(ours, frames, click, args.warmup,
-                                                          True)
+            compiled = edgetam.Tracker(ours, compile=True)
+            runs["Tracker+compile"] = lambda: run_tracker(compiled, frames, click, args.warmup)
         times = {k: [] for k in runs}
         with _meta.all_sdpa_kernels():
+            if args.compile:
+                run_tracker(compiled, frames[:3], click, 99)  # compiles (minutes), untimed
             for _ in range(args.rounds):
                 for name, fn in runs.items():
                     times[name] += fn()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .model import EdgeTAM
 from .predictor import _as_hwc_uint8, preprocess_frame, prompt_points
-from .tracker_state import StateLayout, state_bytes
+from .tracker_state import DEFAULT_MAX_COND_FRAMES, StateLayout, state_bytes
 from .tracker_step import PromptStep, TrackStep
 
 
@@ -49,7 +49,8 @@ class _CudaGraphStep:
     Each call copies the frame (and a state that is not already the static one) in, replays,
     and copies the new state onto the static inputs for the next frame."""
 
-    def __init__(self, step: TrackStep, image: Tensor, state: Sequence[Tensor]) -> None:
+    def __init__(self, step: Callable[..., Tuple[Tensor, ...]], image: Tensor,
+                 state: Sequence[Tensor]) -> None:
         self.inputs = [image.clone()] + [s.clone() for s in state]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -80,11 +81,17 @@ class Tracker:
     objects tracked at once. graph: "auto" (a CUDA graph on CUDA, eager elsewhere), True
     (require CUDA) or False. max_cond_frames: conditioning (prompted) frames kept per object:
     the first and the latest max_cond_frames - 1 (Meta keeps them all). fill_hole_area: as
-    Meta's predictor (8 low-res pixels; 0 turns it off).
+    Meta's predictor (8 low-res pixels; 0 turns it off). compile: True runs tracked frames
+    through `torch.compile(step, fullgraph=True, dynamic=False)`, a dict adds or overrides
+    torch.compile's keyword arguments (e.g. {"mode": "max-autotune"}). Our ops stay opaque
+    custom ops in the compiled graph; the first tracked frame for each object count compiles
+    (a minute or more on a small CPU); on CUDA the compiled step is what the graph captures.
+    Off by default: what it gains on CPU is in bench/results/tracker_cpu_*.md.
     """
 
     def __init__(self, model: EdgeTAM, *, device=None, dtype=None, max_objects: int = 16,
-                 graph="auto", max_cond_frames: int = 2, fill_hole_area: int = 8) -> None:
+                 graph="auto", max_cond_frames: int = DEFAULT_MAX_COND_FRAMES,
+                 fill_hole_area: int = 8, compile=False) -> None:
         if not isinstance(model, EdgeTAM):
             raise TypeError(f"model: Tracker takes an edgetam.EdgeTAM, got {type(model)}")
         if isinstance(max_objects, bool) or not isinstance(max_objects, numbers.Integral) \
@@ -92,6 +99,9 @@ class Tracker:
             raise ValueError(f"max_objects must be a positive int, got {max_objects!r}")
         if graph not in ("auto", True, False):
             raise ValueError(f"graph must be 'auto', True or False, got {graph!r}")
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f"compile must be True, False or a dict of torch.compile "
+                            f"arguments, got {compile!r}")
         if fill_hole_area < 0:
             raise ValueError(f"fill_hole_area must be >= 0, got {fill_hole_area}")
         if device is not None or dtype is not None:
@@ -105,6 +115,12 @@ class Tracker:
         self.layout = StateLayout.for_model(model, max_cond_frames)
         self.step = TrackStep(self.model, self.layout, fill_hole_area)
         self.prompt_step = PromptStep(self.model, fill_hole_area)
+        # what tracked frames call: the step itself or its compiled graph (one per object count)
+        self._run = self.step
+        if compile is not False:
+            options = {"fullgraph": True, "dynamic": False}
+            options.update(compile if isinstance(compile, dict) else {})
+            self._run = torch.compile(self.step, **options)
         self.reset()
 
     # --- public API ---------------------------------------------------------------------------
@@ -241,12 +257,12 @@ class Tracker:
 
     def _run_step(self, image: Tensor):
         if not self.use_graph:
-            return self.step(image, *self._state)
+            return self._run(image, *self._state)
         n = len(self._ids)
         runner = self._graphs.get(n)
         if runner is None:
             self._graphs.clear()  # one captured graph at a time: its pool holds the activations
-            runner = self._graphs[n] = _CudaGraphStep(self.step, image, self._state)
+            runner = self._graphs[n] = _CudaGraphStep(self._run, image, self._state)
         masks, scores, state = runner(image, self._state)
         return (masks, scores, *state)
 

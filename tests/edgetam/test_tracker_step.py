@@ -281,16 +281,43 @@ def test_constructor_checks(model):
         Tracker(model, max_cond_frames=0)
     with pytest.raises(RuntimeError, match="step_inputs"):
         Tracker(model).step_inputs()
+    with pytest.raises(TypeError, match="compile"):
+        Tracker(model, compile="inductor")
+
+
+def _track_compiled(model, compile, n_frames):
+    """An eager and a compiled Tracker over the same 2-object clip: their results per frame."""
+    out = []
+    for tr in (Tracker(model), Tracker(model, compile=compile)):
+        tr.add(FRAMES[0], [1, 2], points=[[list(CENTRE)], [list(OTHER)]], labels=[[1], [1]])
+        out.append([tr.track(f) for f in FRAMES[1:n_frames]] + [tr.state()])
+    return out
+
+
+def test_compiled_tracker_fullgraph(model):
+    """Tracker(compile=...) with every tracked frame through torch.compile(step, fullgraph=True):
+    dynamo traces the whole step, our ops included, without a graph break (fullgraph raises on
+    one) and AOT autograd runs it through their fake kernels; the results equal eager's. The
+    aot_eager backend keeps this quick; inductor (compile=True) is the slow test below."""
+    torch._dynamo.reset()
+    eager, compiled = _track_compiled(model, {"backend": "aot_eager"}, 5)
+    for a, b in zip(eager[:-1], compiled[:-1]):
+        torch.testing.assert_close(b.mask_logits, a.mask_logits, atol=1e-5, rtol=1e-5)
+    for a, b in zip(eager[-1], compiled[-1]):
+        if a.dtype == torch.bfloat16:  # stored memory: a rounding flip is one bf16 ulp
+            torch.testing.assert_close(b, a, atol=2e-2, rtol=1e-2)
+        else:
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow
 def test_compile_fullgraph_equals_eager(steady):
-    """torch.compile(step, fullgraph=True) on CPU with edgetam_kernels' ops inside: no graph
-    break (fullgraph raises on one), same outputs."""
+    """torch.compile(step, fullgraph=True) with inductor on CPU, edgetam_kernels' ops inside: no
+    graph break, same outputs as eager."""
     inputs = steady.step_inputs()
     with torch.no_grad():
         want = steady.step(*inputs)
-        got = torch.compile(steady.step, fullgraph=True)(*inputs)
+        got = Tracker(steady.model, compile=True)._run(*inputs)
     for a, b in zip(got, want):
         if a.dtype == torch.bfloat16:  # stored memory: a rounding flip is one bf16 ulp
             torch.testing.assert_close(a, b, atol=2e-2, rtol=1e-2)
