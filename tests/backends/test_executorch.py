@@ -163,19 +163,35 @@ def test_cpp_runner_matches_eager(program, tmp_path):
         assert_close(torch.from_numpy(o).view(e.shape), e, torch.float32, f"{name}: runner")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("qemu-aarch64-static") is None or
-                    shutil.which("aarch64-linux-gnu-g++") is None,
-                    reason="needs g++-aarch64-linux-gnu and qemu-user-static (scripts/setup.sh)")
-def test_aarch64_runner_under_qemu(program, tmp_path):
-    model, args, path, _ = program
-    build = tmp_path / "arm"
+@pytest.fixture(scope="module")
+def aarch64_build(tmp_path_factory):
+    if shutil.which("qemu-aarch64-static") is None or shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("needs g++-aarch64-linux-gnu and qemu-user-static (scripts/setup.sh)")
+    build = tmp_path_factory.mktemp("arm")
     subprocess.run(["bash", str(ROOT / "scripts" / "build_executorch.sh"), "aarch64", str(build)],
                    check=True, capture_output=True, timeout=1200)
-    env = dict(os.environ, QEMU_CPU="max")
-    cmd = ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu", str(build / "edgetam_runner")]
+    return build
+
+
+# (CPU qemu emulates, ISA path forced or None for the run-time choice, the path that must run):
+# every NEON path of the kernel library, on a core with and without FEAT_BF16 / FP16.
+AARCH64_RUNS = [("max", None, "neon_bf16"), ("max", "neon_fp16", "neon_fp16"),
+                ("max", "neon", "neon path"), ("neoverse-n1", None, "neon"),
+                ("max", "scalar", "scalar")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu,isa,path_line", AARCH64_RUNS)
+def test_aarch64_runner_under_qemu(program, aarch64_build, tmp_path, cpu, isa, path_line):
+    model, args, path, _ = program
+    env = dict(os.environ, QEMU_CPU=cpu)
+    env.pop("EDGETAM_KERNELS_CPU_ISA", None)
+    if isa:
+        env["EDGETAM_KERNELS_CPU_ISA"] = isa
+    cmd = ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu",
+           str(aarch64_build / "edgetam_runner")]
     outs, log = _run_runner(cmd, path, args, tmp_path, env)
-    assert "neon" in log, log  # the NEON kernels ran, not the scalar fallback
+    assert f"edgetam kernels: {path_line}" in log, log
     with torch.no_grad():
         eager = model(*args)
     for name, o, e in zip(OPS, outs, eager):
