@@ -11,6 +11,8 @@ machine hit all alike) and keeps the per-frame mean; min and median over rounds 
   pte          edgetam.pte.PteTracker: ExecuTorch's Python runtime, XNNPACK for the standard
                ops, edgetam::*.out on our C++ kernels (ExecuTorch's thread pool: all cores)
   eager+ours   edgetam.Tracker, backend "auto" (our C++ kernels) and edgetam_kernels.patch
+  pte C++ runner  the same .pte through csrc/executorch/runner.cpp (ExecuTorch's C++ runtime
+               with its optimized CPU kernels, as an app links it); first step left out
   eager        edgetam.Tracker, backend "reference" (plain PyTorch), unpatched
 torch runs with as many threads as there are cores, like ExecuTorch's pool. Exporting takes
 minutes per size: the .pte is cached in ~/.cache/edgetam_kernels/pte (EDGETAM_KERNELS_CACHE).
@@ -22,8 +24,11 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -36,6 +41,7 @@ import edgetam  # noqa: E402
 import edgetam_kernels  # noqa: E402
 from edgetam import _meta, pte, video_io  # noqa: E402
 from edgetam.tracker import Tracker  # noqa: E402
+from edgetam.tracker_state import DEFAULT_MAX_COND_FRAMES  # noqa: E402
 from edgetam_kernels import executorch as ket  # noqa: E402
 
 
@@ -51,7 +57,9 @@ def build_model(size: int, backend: str, seed: int = 0):
 def cached_pte(size: int) -> str:
     folder = ket.cache_dir().parent / "pte"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"edgetam_step_{size}_fp32_1obj_seed0_et{ket.executorch_version()}.pte"
+    cond = DEFAULT_MAX_COND_FRAMES  # the state layout is part of the program
+    path = folder / (f"edgetam_step_{size}_fp32_1obj_c{cond}_seed0_"
+                     f"et{ket.executorch_version()}.pte")
     if not path.exists():
         print(f"exporting {path.name} (minutes)...", file=sys.stderr, flush=True)
         pte.export_step(build_model(size, "auto"), path, num_objects=1)
@@ -65,6 +73,21 @@ def per_frame_ms(tracker, frames) -> float:
     return (time.perf_counter() - t0) * 1e3 / len(frames)
 
 
+def runner_ms(path: str, model, clip, centre) -> float:
+    """Mean ms per tracked frame of csrc/executorch/runner.cpp (ExecuTorch's C++ runtime with
+    its optimized kernels, as an app links it) over the clip, its first step left out."""
+    tr = Tracker(model, graph=False)
+    tr.add(clip[0], 1, points=[list(centre)], labels=[1])
+    with tempfile.TemporaryDirectory() as work:
+        steps = pte.write_runner_clip(tr, clip[1:], os.path.join(work, "in"))
+        os.makedirs(os.path.join(work, "out"))
+        r = subprocess.run([str(ket.runner_path()), path, os.path.join(work, "in"),
+                            os.path.join(work, "out"), "--steps", str(steps), "--feedback", "2"],
+                           capture_output=True, text=True, check=True)
+    ms = [float(x) for x in re.findall(r"^step \d+: ([0-9.]+) ms", r.stdout, re.M)]
+    return statistics.mean(ms[1:])
+
+
 def bench_size(size: int, n_frames: int, rounds: int) -> dict:
     clip, centre = video_io.synthetic_clip(n_frames + 1)
     path = cached_pte(size)
@@ -75,10 +98,14 @@ def bench_size(size: int, n_frames: int, rounds: int) -> dict:
         "eager+ours": Tracker(ours, graph=False),
         "eager": Tracker(build_model(size, "reference"), graph=False),
     }
-    times = {k: [] for k in trackers}
-    names = list(trackers)
+    times = {k: [] for k in [*trackers, "pte C++ runner"]}
+    names = list(times)
     for r in range(rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:
+            if k == "pte C++ runner":
+                times[k].append(runner_ms(path, ours, clip, centre))
+                print(f"{size} round {r} {k}: {times[k][-1]:.1f} ms/frame", file=sys.stderr)
+                continue
             tr = trackers[k]
             tr.reset()
             tr.add(clip[0], 1, points=[list(centre)], labels=[1])
@@ -106,12 +133,14 @@ def main() -> int:
                          for s in args.sizes.split(",")]}
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1)
-    print("| size | .pte MB | pte ms/frame | eager+ours | eager | pte vs eager+ours |")
-    print("|---|---|---|---|---|---|")
+    print("| size | .pte MB | pte (Python runtime) | pte (C++ runner) | eager+ours | eager | "
+          "C++ runner vs eager+ours |")
+    print("|---|---|---|---|---|---|---|")
     for r in results["sizes"]:
         t = {k: v["min"] for k, v in r["ms_per_frame"].items()}
         print(f"| {r['size']} | {r['pte_bytes'] / 1e6:.1f} | {t['pte']:.0f} | "
-              f"{t['eager+ours']:.0f} | {t['eager']:.0f} | {t['eager+ours'] / t['pte']:.2f}x |")
+              f"{t['pte C++ runner']:.0f} | {t['eager+ours']:.0f} | {t['eager']:.0f} | "
+              f"{t['eager+ours'] / t['pte C++ runner']:.2f}x |")
     print(f"wrote {args.json}")
     return 0
 

@@ -59,9 +59,16 @@ class ImageEncoder(nn.Module):
         self.scalp = 1
 
     def forward(self, image: Tensor) -> Dict[str, List[Tensor]]:
-        feats = self.neck(self.trunk(image))[: -self.scalp]
-        pos = [self._position(f)[None].expand(f.shape[0], -1, -1, -1) for f in feats]
-        return {"backbone_fpn": feats, "vision_pos_enc": pos}
+        feats = self.features(image)
+        return {"backbone_fpn": feats, "vision_pos_enc": [self.position(f) for f in feats]}
+
+    def features(self, image: Tensor) -> List[Tensor]:
+        """The FPN levels alone (strides 4, 8, 16), without their position encodings."""
+        return self.neck(self.trunk(image))[: -self.scalp]
+
+    def position(self, f: Tensor) -> Tensor:
+        """Level `f`'s sine encoding, (B, d_model, H, W) (an expanded view of one table)."""
+        return self._position(f)[None].expand(f.shape[0], -1, -1, -1)
 
     def _position(self, f: Tensor) -> Tensor:
         """A level's (d_model, H, W) sine encoding. It depends on the shape alone, so each shape's
