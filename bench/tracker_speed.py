@@ -14,6 +14,7 @@ default forces the slow math path) and with OpenCV hole filling if installed.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -93,6 +94,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also time Tracker(compile=True): torch.compile(step, fullgraph=True); "
                          "compiles once per size, untimed (--warmup frames cover it)")
+    ap.add_argument("--compile-options", type=json.loads, default=None, metavar="JSON",
+                    help="torch.compile arguments for --compile, e.g. "
+                         "'{\"options\": {\"freezing\": true}}'")
     ap.add_argument("--fast", action="store_true",
                     help="our model as the CLI runs it: BatchNorms folded (fuse_) and "
                          "edgetam_kernels.patch (Meta's stays as Meta ships it)")
@@ -117,7 +121,7 @@ def main() -> None:
                 "Tracker": lambda tr=edgetam.Tracker(ours): run_tracker(tr, frames, click,
                                                                          args.warmup)}
         if args.compile:
-            compiled = edgetam.Tracker(ours, compile=True)
+            compiled = edgetam.Tracker(ours, compile=args.compile_options or True)
             runs["Tracker+compile"] = lambda: run_tracker(compiled, frames, click, args.warmup)
         times = {k: [] for k in runs}
         with _meta.all_sdpa_kernels():
