@@ -7,35 +7,22 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
-#include <atomic>
 #include <optional>
 #include <vector>
 
 #include "dispatch.h"
+#include "work_queue.h"
 
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
 namespace {
 
-// Work items are handed out dynamically (an atomic counter) rather than split statically: on a
-// shared machine a descheduled thread then delays only its item. The kernels' items are coarse
-// (a block of queries, a chunk of tokens), so they go one at a time unless there are many.
 void torch_run(void*, int64_t n, void* ctx, void (*body)(void*, int64_t, int64_t)) {
-  const int64_t threads = int64_t(torch::stable::get_num_threads());
-  if (threads <= 1 || n <= 1) {
-    body(ctx, 0, n);
-    return;
-  }
-  const int64_t chunk = n <= 256 ? 1 : (n + 16 * threads - 1) / (16 * threads);
-  std::atomic<int64_t> next{0};
-  torch::stable::parallel_for(0, threads < n ? threads : n, 1, [&](int64_t, int64_t) {
-    for (;;) {
-      const int64_t b = next.fetch_add(chunk);
-      if (b >= n) break;
-      body(ctx, b, b + chunk < n ? b + chunk : n);
-    }
-  });
+  edgetam_cpu::hand_out(n, int64_t(torch::stable::get_num_threads()), ctx, body,
+                        [](int64_t workers, const auto& worker) {
+                          torch::stable::parallel_for(0, workers, 1, worker);
+                        });
 }
 
 edgetam_cpu::Parallel torch_pool() {

@@ -14,7 +14,6 @@
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -22,6 +21,7 @@
 #include <vector>
 
 #include "../dispatch.h"
+#include "../work_queue.h"
 #include "../simd/convert.h"
 
 namespace {
@@ -39,23 +39,11 @@ using OptTensor = std::optional<Tensor>;
 #define EDGETAM_CHECK(cond, ...) \
   ET_KERNEL_CHECK_MSG(ctx, cond, InvalidArgument, out, __VA_ARGS__)
 
-// Dynamic hand-out of work items over ExecuTorch's pool, as register.cpp does over torch's:
-// a descheduled thread on a busy phone then delays only its own item.
 void et_run(void*, int64_t n, void* ctx, void (*body)(void*, int64_t, int64_t)) {
-  const int64_t threads = executorch::extension::get_thread_count();
-  if (threads <= 1 || n <= 1) {
-    body(ctx, 0, n);
-    return;
-  }
-  const int64_t chunk = n <= 256 ? 1 : (n + 16 * threads - 1) / (16 * threads);
-  std::atomic<int64_t> next{0};
-  executorch::extension::parallel_for(0, threads < n ? threads : n, 1, [&](int64_t, int64_t) {
-    for (;;) {
-      const int64_t b = next.fetch_add(chunk);
-      if (b >= n) break;
-      body(ctx, b, b + chunk < n ? b + chunk : n);
-    }
-  });
+  edgetam_cpu::hand_out(n, int64_t(executorch::extension::get_thread_count()), ctx, body,
+                        [](int64_t workers, const auto& worker) {
+                          executorch::extension::parallel_for(0, workers, 1, worker);
+                        });
 }
 
 edgetam_cpu::Parallel et_pool() {
