@@ -30,14 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import torch  # noqa: E402
 
-import edgetam  # noqa: E402
 import edgetam_kernels  # noqa: E402
 from edgetam import _meta, pte, video_io  # noqa: E402
 from edgetam.tracker import Tracker  # noqa: E402
@@ -46,12 +44,8 @@ from edgetam_kernels import executorch as ket  # noqa: E402
 
 
 def build_model(size: int, backend: str, seed: int = 0):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = edgetam.EdgeTAM(image_size=size)
-    _meta.randomize_(m, seed=seed)
-    m.set_backend(backend)
-    return m.eval().fuse_()
+    """The same weights in every process (the cached .pte was exported from them)."""
+    return _meta.random_edgetam(size, seed).set_backend(backend).fuse_()
 
 
 def cached_pte(size: int) -> str:

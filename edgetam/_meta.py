@@ -63,6 +63,22 @@ def our_hole_filling():
         svp.fill_holes_in_mask_scores = original
 
 
+def random_edgetam(image_size: int, seed: int = 0):
+    """An edgetam.EdgeTAM (eval mode) whose weights depend on `seed` alone, in any process: the
+    initial weights are drawn under the seed (without touching the caller's random state),
+    then `randomize_`. What a .pte exported in one process and a model made in another must
+    share."""
+    import warnings
+
+    from .model import EdgeTAM
+
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "random weights": that is the point here
+        torch.manual_seed(seed)
+        model = EdgeTAM(image_size=image_size)
+    return randomize_(model, seed=seed).eval()
+
+
 @torch.no_grad()
 def randomize_(model: torch.nn.Module, seed: int = 0, obj_score_bias: float = 5.0,
                logit_scale: float = 30.0):

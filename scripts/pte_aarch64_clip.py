@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import warnings
 
 import numpy as np
 import torch
@@ -23,7 +22,6 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import edgetam  # noqa: E402
 from edgetam import _meta, pte, video_io  # noqa: E402
 from edgetam.tracker import Tracker  # noqa: E402
 
@@ -41,12 +39,7 @@ def main() -> int:
                          "core, ARMv8.2 + fp16 + dotprod; 'max' adds SVE / SME, which qemu "
                          "emulates ~13x slower per step)")
     args = ap.parse_args()
-    torch.manual_seed(0)  # before the model is made: its initial weights are random too,
-    with warnings.catch_warnings():  # so a --pte from an earlier run has the same weights
-        warnings.simplefilter("ignore")
-        model = edgetam.EdgeTAM(image_size=S)
-    _meta.randomize_(model, seed=0)
-    model.eval()
+    model = _meta.random_edgetam(S, seed=0)  # the same weights as a --pte from an earlier run
     work = tempfile.mkdtemp(prefix="pte_aarch64_")
     path = args.pte or os.path.join(work, "step.pte")
     if not args.pte:

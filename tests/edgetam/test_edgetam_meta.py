@@ -196,3 +196,20 @@ def test_image_predictor_matches_meta(models1024):
         assert np.abs(m_a - m_b).max() <= TOL, kw
         assert np.abs(iou_a - iou_b).max() <= 1e-4, kw
         assert np.abs(low_a - low_b).max() <= TOL, kw
+
+
+def test_random_edgetam_depends_on_the_seed_alone():
+    """The weights a .pte is exported from and the model that later tracks with it may be made
+    in different processes: they must come from the seed, not the global random state."""
+    torch.manual_seed(123)
+    a = _meta.random_edgetam(256, seed=0)
+    after = torch.rand(3)
+    torch.manual_seed(456)
+    b = _meta.random_edgetam(256, seed=0)
+    c = _meta.random_edgetam(256, seed=1)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), after)  # the caller's random state is left as it was
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert not a.training

@@ -36,12 +36,8 @@ LOGIT_TOL = 1e-3
 
 @pytest.fixture(scope="module")
 def model():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = edgetam.EdgeTAM(image_size=S)
-    torch.manual_seed(0)
-    _meta.randomize_(m)  # object score positive, realistic logits: masks flow into memory
-    return m.eval()
+    # object score positive, realistic logits: masks flow into memory
+    return _meta.random_edgetam(S, seed=0)
 
 
 @pytest.fixture(scope="module")
