@@ -27,24 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import edgetam  # noqa: E402
 from edgetam import _meta, video_io  # noqa: E402
-from edgetam.predictor import Frames  # noqa: E402
-
-
-def _meta_frames(meta, frames, size):
-    import sam2.sam2_video_predictor as svp
-
-    src = Frames(frames, size)
-    images = torch.stack([src[i] for i in range(len(src))])
-    h, w = frames[0].shape[:2]
-    original = svp.load_video_frames
-    svp.load_video_frames = lambda **kw: (images, h, w)
-    svp.tqdm = lambda it, **kw: it  # no progress bars between the timings
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return meta.init_state("clip.mp4")
-    finally:
-        svp.load_video_frames = original
 
 
 def _time_generator(gen, warmup):
@@ -58,7 +40,10 @@ def _time_generator(gen, warmup):
 
 
 def run_meta(meta, frames, size, click, warmup):
-    state = _meta_frames(meta, frames, size)
+    import sam2.sam2_video_predictor as svp
+
+    svp.tqdm = lambda it, **kw: it  # no progress bars between the timings
+    state = _meta.init_state_on(meta, frames, size)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         meta.add_new_points_or_box(state, 0, 1, points=[click], labels=[1])

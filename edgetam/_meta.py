@@ -63,6 +63,29 @@ def our_hole_filling():
         svp.fill_holes_in_mask_scores = original
 
 
+def init_state_on(meta, frames, image_size: int):
+    """Meta's predictor's `init_state` on exactly the frames ours reads (HxWx3 uint8 arrays,
+    preprocessed by edgetam.predictor.Frames), so a comparison starts from identical inputs:
+    Meta's own loader would decode and resize them its way."""
+    import warnings
+
+    import sam2.sam2_video_predictor as svp
+
+    from .predictor import Frames
+
+    src = Frames(frames, image_size)
+    images = torch.stack([src[i] for i in range(len(src))])
+    h, w = frames[0].shape[:2]
+    original = svp.load_video_frames
+    svp.load_video_frames = lambda **kw: (images, h, w)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return meta.init_state("clip.mp4")
+    finally:
+        svp.load_video_frames = original
+
+
 def random_edgetam(image_size: int, seed: int = 0):
     """An edgetam.EdgeTAM (eval mode) whose weights depend on `seed` alone, in any process: the
     initial weights are drawn under the seed (without touching the caller's random state),

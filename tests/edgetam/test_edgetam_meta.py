@@ -22,7 +22,6 @@ pytest.importorskip("timm")
 
 import edgetam  # noqa: E402
 from edgetam import _meta, video_io  # noqa: E402
-from edgetam.predictor import Frames  # noqa: E402
 
 TOL = 1e-3  # fp32, absolute, on mask logits of magnitude ~10
 NUM_FRAMES = 10
@@ -51,18 +50,7 @@ def _build(image_size):
 
 
 def _run_meta(meta, image_size, prompts, monkeypatch_frames):
-    import sam2.sam2_video_predictor as svp
-
-    src = Frames(FRAMES, image_size)
-    images = torch.stack([src[i] for i in range(len(src))])
-    original = svp.load_video_frames
-    svp.load_video_frames = lambda **kw: (images, H, W)  # identical inputs for both models
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = meta.init_state("clip.mp4")
-    finally:
-        svp.load_video_frames = original
+    state = _meta.init_state_on(meta, FRAMES, image_size)
     out = {}
     with _meta.our_hole_filling():  # Meta's own needs OpenCV on CPU, else it is skipped
         for obj_id, kw in prompts:

@@ -10,7 +10,6 @@ preprocessed frames (Meta's frame loading is bypassed). 1024 runs are marked slo
 import warnings
 
 import pytest
-import torch
 
 pytest.importorskip("sam2")
 pytest.importorskip("hydra")
@@ -19,7 +18,6 @@ pytest.importorskip("cv2", reason="Meta's predictor skips hole filling without O
 
 import edgetam  # noqa: E402
 from edgetam import _meta, video_io  # noqa: E402
-from edgetam.predictor import Frames  # noqa: E402
 from edgetam.tracker import Tracker  # noqa: E402
 
 TOL = 1e-4
@@ -46,18 +44,7 @@ def _models(image_size):
 
 
 def _run_meta(meta, image_size, prompts):
-    import sam2.sam2_video_predictor as svp
-
-    src = Frames(FRAMES, image_size)
-    images = torch.stack([src[i] for i in range(len(src))])
-    original = svp.load_video_frames
-    svp.load_video_frames = lambda **kw: (images, H, W)  # the same inputs for both
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = meta.init_state("clip.mp4")
-    finally:
-        svp.load_video_frames = original
+    state = _meta.init_state_on(meta, FRAMES, image_size)
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a skipped hole filling must not pass
